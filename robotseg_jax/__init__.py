@@ -1,0 +1,1 @@
+"""RobotSeg (SAM 2.1 + SEMA + RPG + LET) in JAX/Flax."""

@@ -1,0 +1,80 @@
+"""Layers and resampling shared by several SAM 2 components, written to match PyTorch numerics.
+
+Layout convention for the whole `modeling` package: images and feature maps are channels-last `[B, H, W, C]`;
+token sequences are batch-first `[B, N, C]`; mask logits keep SAM's `[B, M, H, W]` (M masks, no channel axis).
+Submodule names equal the attribute names of the PyTorch reference, with list index `i` written `name_i`, so
+that `checkpoints.torch_keys` maps state_dict keys to Flax params by rule instead of by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# PyTorch's nn.GELU() is the exact erf form; Flax's default is the tanh approximation.
+gelu = lambda x: nn.gelu(x, approximate=False)  # noqa: E731
+
+
+def layer_norm(epsilon: float = 1e-5, name: str | None = None) -> nn.LayerNorm:
+    """A LayerNorm with PyTorch's default eps (Flax's default is 1e-6) and PyTorch's two-pass variance.
+
+    sam2's LayerNorm2d (normalise over channels, eps 1e-6) on a channels-last map is `layer_norm(1e-6)`.
+    `use_fast_variance=False` because E[x^2]-E[x]^2 loses the 1e-4 parity on large activations.
+    """
+    return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, name=name)
+
+
+class MLP(nn.Module):
+    """sam2.modeling.sam2_utils.MLP: `num_layers` Linear layers (`layers_i`), activation between, optional sigmoid."""
+
+    hidden_dim: int
+    output_dim: int
+    num_layers: int
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
+    sigmoid_output: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dims = [self.hidden_dim] * (self.num_layers - 1) + [self.output_dim]
+        for i, dim in enumerate(dims):
+            x = nn.Dense(dim, name=f"layers_{i}")(x)
+            if i < self.num_layers - 1:
+                x = self.activation(x)
+        return jax.nn.sigmoid(x) if self.sigmoid_output else x
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
+    """`F.interpolate(mode="bilinear", align_corners=False, antialias=False)` on `[..., H, W, C]`.
+
+    `jax.image.resize` with `antialias=False` uses the same half-pixel source coordinates and edge clamping as
+    PyTorch, for up- and downsampling (tested against torch in tests/test_common.py).
+    """
+    out_shape = (*x.shape[:-3], int(size[0]), int(size[1]), x.shape[-1])
+    return jax.image.resize(x, out_shape, method="linear", antialias=False)
+
+
+def resize_bilinear_nchw(x: jax.Array, size: Sequence[int]) -> jax.Array:
+    """Bilinear resize of the last two axes (for mask logits laid out `[B, M, H, W]`)."""
+    out_shape = (*x.shape[:-2], int(size[0]), int(size[1]))
+    return jax.image.resize(x, out_shape, method="linear", antialias=False)
+
+
+def resize_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:
+    """PyTorch's legacy `mode="nearest"` on `[..., H, W, C]`: source index = floor(dst * in / out)."""
+    in_h, in_w = x.shape[-3], x.shape[-2]
+    rows = np.minimum(np.floor(np.arange(size[0]) * (in_h / size[0])).astype(np.int32), in_h - 1)
+    cols = np.minimum(np.floor(np.arange(size[1]) * (in_w / size[1])).astype(np.int32), in_w - 1)
+    return x[..., rows, :, :][..., cols, :]
+
+
+def drop_path(x: jax.Array, rate: float, deterministic: bool, rng: jax.Array | None) -> jax.Array:
+    """Stochastic depth (timm's DropPath): zero whole samples with probability `rate`, rescale the rest."""
+    if deterministic or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0.0)
