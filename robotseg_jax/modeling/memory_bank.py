@@ -1,0 +1,172 @@
+"""Which past frames a tracked frame attends to, and the fixed-shape memory the compiled step consumes.
+
+sam2 concatenates a variable number of memory frames and object pointers per frame, so a compiled step would
+retrace whenever that number changes. Here the choice of frames is plain Python over frame indices
+(`select_memory`, the rules of `SAM2Base._prepare_memory_conditioned_features`), and the chosen entries are
+packed into `MemoryInputs`: arrays of fixed capacity plus validity masks. Masked attention over the padded bank
+equals attention over the concatenation of the valid entries, so every tracked frame runs one compiled step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robotseg_jax.modeling.config import SAM2Config
+
+
+@flax.struct.dataclass
+class MemoryInputs:
+    """The memory bank of one tracked frame, padded to a fixed capacity.
+
+    maskmem_features: [S, B, h, w, mem_dim] spatial memories; slot order: conditioning frames, then previous frames
+        from oldest to newest (as sam2 concatenates them).
+    maskmem_tpos_index: [S] int32 row of `maskmem_tpos_enc` for each slot (num_maskmem - t_pos - 1).
+    maskmem_valid: [S] bool.
+    obj_ptrs: [P, B, C] object pointers.
+    obj_ptr_tpos: [P] float32 temporal distance of each pointer (signed or absolute, as configured).
+    obj_ptr_valid: [P] bool.
+    tpos_scale: [] float32 the normaliser of the pointer distances, max(1, min(num_frames, max_ptrs) - 1).
+    """
+
+    maskmem_features: jax.Array
+    maskmem_tpos_index: jax.Array
+    maskmem_valid: jax.Array
+    obj_ptrs: jax.Array
+    obj_ptr_tpos: jax.Array
+    obj_ptr_valid: jax.Array
+    tpos_scale: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class MemorySelection:
+    """Frame indices chosen for one tracked frame: `(frame_idx, t_pos)` spatial memories, `(frame_idx, tpos)` pointers."""
+
+    spatial: tuple[tuple[int, int], ...]
+    pointers: tuple[tuple[int, int], ...]
+    tpos_scale: float
+
+
+def select_closest_cond_frames(frame_idx: int, cond_frames: Sequence[int], max_cond_frames: int):
+    """sam2_utils.select_closest_cond_frames on frame indices: (selected, unselected), in the input order."""
+    cond_frames = list(cond_frames)
+    if max_cond_frames == -1 or len(cond_frames) <= max_cond_frames:
+        return cond_frames, []
+    if max_cond_frames < 2:
+        raise ValueError("max_cond_frames_in_attn must allow at least 2 conditioning frames")
+    selected = []
+    before = max((t for t in cond_frames if t < frame_idx), default=None)
+    if before is not None:
+        selected.append(before)
+    after = min((t for t in cond_frames if t >= frame_idx), default=None)
+    if after is not None:
+        selected.append(after)
+    remaining = sorted((t for t in cond_frames if t not in selected), key=lambda t: abs(t - frame_idx))
+    selected += remaining[: max_cond_frames - len(selected)]
+    # sam2 builds `selected_outputs` in this order (before, after, closest), which is the memory slot order.
+    unselected = [t for t in cond_frames if t not in selected]
+    return selected, unselected
+
+
+def select_memory(
+    config: SAM2Config,
+    frame_idx: int,
+    cond_frames: Sequence[int],
+    non_cond_frames: Sequence[int],
+    num_frames: int,
+    track_in_reverse: bool = False,
+    training: bool = False,
+) -> MemorySelection:
+    """The memory frames and object pointers sam2 gathers for tracking `frame_idx` (not an initial cond frame).
+
+    `cond_frames` must be in insertion order (sam2's dict order); `non_cond_frames` is any collection of frames
+    with stored outputs.
+    """
+    if not cond_frames:
+        raise ValueError("Tracking a frame needs at least one conditioning frame in memory")
+    non_cond = set(non_cond_frames)
+    selected, unselected = select_closest_cond_frames(frame_idx, cond_frames, config.max_cond_frames_in_attn)
+    unselected_set = set(unselected)
+    spatial = [(t, 0) for t in selected]
+    stride = 1 if training else config.memory_temporal_stride_for_eval
+    sign = -1 if track_in_reverse else 1
+    for t_pos in range(1, config.num_maskmem):
+        t_rel = config.num_maskmem - t_pos
+        if t_rel == 1:
+            prev = frame_idx - sign
+        elif not track_in_reverse:
+            prev = ((frame_idx - 2) // stride) * stride - (t_rel - 2) * stride
+        else:
+            prev = -(-(frame_idx + 2) // stride) * stride + (t_rel - 2) * stride
+        if prev in non_cond or prev in unselected_set:
+            spatial.append((prev, t_pos))
+
+    pointers = []
+    max_ptrs = min(num_frames, config.max_obj_ptrs_in_encoder)
+    if config.use_obj_ptrs_in_encoder:
+        if not training and config.only_obj_ptrs_in_the_past_for_eval:
+            ptr_cond = [t for t in selected if (t >= frame_idx if track_in_reverse else t <= frame_idx)]
+        else:
+            ptr_cond = list(selected)
+        for t in ptr_cond:
+            dist = (frame_idx - t) * sign if config.use_signed_tpos_enc_to_obj_ptrs else abs(frame_idx - t)
+            pointers.append((t, dist))
+        for t_diff in range(1, max_ptrs):
+            t = frame_idx + t_diff if track_in_reverse else frame_idx - t_diff
+            if t < 0 or t >= num_frames:
+                break
+            if t in non_cond or t in unselected_set:
+                pointers.append((t, t_diff))
+    return MemorySelection(tuple(spatial), tuple(pointers), float(max(1, max_ptrs - 1)))
+
+
+def memory_capacity(config: SAM2Config, max_cond_frames: int) -> tuple[int, int]:
+    """(spatial slots, pointer slots) that hold any selection with at most `max_cond_frames` cond frames in memory."""
+    num_cond = max_cond_frames if config.max_cond_frames_in_attn == -1 else config.max_cond_frames_in_attn
+    spatial = num_cond + config.num_maskmem - 1
+    pointers = num_cond + config.max_obj_ptrs_in_encoder - 1 if config.use_obj_ptrs_in_encoder else 0
+    return spatial, pointers
+
+
+def pack_memory(
+    config: SAM2Config,
+    selection: MemorySelection,
+    maskmem_of: Callable[[int], jax.Array],
+    obj_ptr_of: Callable[[int], jax.Array],
+    capacity: tuple[int, int],
+    feature_shape: tuple[int, int, int],
+    dtype=jnp.float32,
+) -> MemoryInputs:
+    """Packs a selection into fixed-capacity `MemoryInputs`.
+
+    `maskmem_of(frame)` returns that frame's `[B, h, w, mem_dim]` memory features and `obj_ptr_of(frame)` its
+    `[B, C]` pointer. `feature_shape` is `(B, h, w)`. Works on concrete arrays (predictor) and tracers (training).
+    """
+    num_slots, num_ptrs = capacity
+    if len(selection.spatial) > num_slots or len(selection.pointers) > num_ptrs:
+        raise ValueError(
+            f"Memory selection ({len(selection.spatial)} frames, {len(selection.pointers)} pointers) exceeds the "
+            f"capacity ({num_slots}, {num_ptrs}); raise the capacity (max conditioning frames)"
+        )
+    batch, h, w = feature_shape
+    feats = [maskmem_of(t).astype(dtype) for t, _ in selection.spatial]
+    feats += [jnp.zeros((batch, h, w, config.mem_dim), dtype)] * (num_slots - len(feats))
+    tpos_index = [config.num_maskmem - t_pos - 1 for _, t_pos in selection.spatial]
+    tpos_index += [0] * (num_slots - len(tpos_index))
+    ptrs = [obj_ptr_of(t).astype(dtype) for t, _ in selection.pointers]
+    ptrs += [jnp.zeros((batch, config.d_model), dtype)] * (num_ptrs - len(ptrs))
+    ptr_tpos = [d for _, d in selection.pointers] + [0] * (num_ptrs - len(selection.pointers))
+    return MemoryInputs(
+        maskmem_features=jnp.stack(feats) if feats else jnp.zeros((0, batch, h, w, config.mem_dim), dtype),
+        maskmem_tpos_index=jnp.asarray(np.asarray(tpos_index, np.int32)),
+        maskmem_valid=jnp.asarray(np.arange(num_slots) < len(selection.spatial)),
+        obj_ptrs=jnp.stack(ptrs) if ptrs else jnp.zeros((0, batch, config.d_model), dtype),
+        obj_ptr_tpos=jnp.asarray(np.asarray(ptr_tpos, np.float32)),
+        obj_ptr_valid=jnp.asarray(np.arange(num_ptrs) < len(selection.pointers)),
+        tpos_scale=jnp.asarray(selection.tpos_scale, jnp.float32),
+    )
