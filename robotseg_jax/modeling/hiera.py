@@ -51,9 +51,7 @@ def resize_bicubic(x: jax.Array, size: Sequence[int]) -> jax.Array:
     """
     rows = jnp.asarray(_bicubic_matrix(x.shape[-3], int(size[0])))
     cols = jnp.asarray(_bicubic_matrix(x.shape[-2], int(size[1])))
-    return jnp.einsum(
-        "oh,...hwc,pw->...opc", rows, x, cols, precision=jax.lax.Precision.HIGHEST
-    ).astype(x.dtype)
+    return jnp.einsum("oh,...hwc,pw->...opc", rows, x, cols, precision=jax.lax.Precision.HIGHEST).astype(x.dtype)
 
 
 def _window_padding(size: int, window_size: int) -> int:
@@ -182,8 +180,8 @@ def stage_ends(config: HieraConfig) -> List[int]:
 def block_specs(config: HieraConfig) -> List[BlockSpec]:
     """Per-block widths, heads, window sizes, pooling and drop-path rates, following sam2's loop exactly.
 
-    The window size lags by one block: the first block of a stage still uses the previous stage's window (its
-    queries are pooled, so its output windows already have the new stage's resolution).
+    The window size lags by one block: the first block of a stage partitions its input with the previous stage's
+    window size, and its pooled queries shrink those windows by the stride.
     """
     if len(config.stages) != len(config.window_spec):
         raise ValueError(f"stages {config.stages} and window_spec {config.window_spec} differ in length")
@@ -226,7 +224,8 @@ class Hiera(nn.Module):
         cfg = self.config
         window = cfg.window_spec[0]
         # Both embeddings keep PyTorch's [1, C, h, w] layout so that the checkpoint maps by name alone.
-        background = self.param("pos_embed", nn.initializers.zeros, (1, cfg.embed_dim, *cfg.window_pos_embed_bkg_spatial_size))
+        background_hw = cfg.window_pos_embed_bkg_spatial_size
+        background = self.param("pos_embed", nn.initializers.zeros, (1, cfg.embed_dim, *background_hw))
         window_embed = self.param("pos_embed_window", nn.initializers.zeros, (1, cfg.embed_dim, window, window))
 
         x = PatchEmbed(cfg.embed_dim, name="patch_embed")(x)

@@ -54,16 +54,16 @@ class RoPEAttention(nn.Module):
 
     Queries form a square grid (h = w = sqrt(N_q)), as sam2 assumes. With `rope_k_repeat` the keys may be several
     such grids, each rotated like the queries. The last `num_k_exclude_rope` keys (object pointers) are not
-    rotated. The key/value input width (64 for cross-attention to the memory) is inferred by the Dense layers.
-    `key_mask` `[B, N_k]` (True = valid) removes keys from the softmax; a query with no valid key outputs
+    rotated. `key_mask` `[B, N_k]` (True = valid) removes keys from the softmax; a query with no valid key outputs
     `out_proj`'s bias instead of NaN.
     """
 
     embedding_dim: int = 256
     num_heads: int = 1
-    dropout_rate: float = 0.1
+    dropout: float = 0.1  # on the attention probabilities, in training only
     rope_theta: float = 10000.0
     rope_k_repeat: bool = False
+    kv_in_dim: int | None = None  # channels of k and v (64 for the memory); None means embedding_dim
 
     @nn.compact
     def __call__(
@@ -77,6 +77,9 @@ class RoPEAttention(nn.Module):
     ) -> jax.Array:
         if self.embedding_dim % self.num_heads:
             raise ValueError(f"num_heads {self.num_heads} must divide embedding_dim {self.embedding_dim}")
+        kv_in_dim = self.embedding_dim if self.kv_in_dim is None else self.kv_in_dim
+        if k.shape[-1] != kv_in_dim or v.shape[-1] != kv_in_dim:
+            raise ValueError(f"k and v must have {kv_in_dim} channels, got {k.shape} and {v.shape}")
         head_dim = self.embedding_dim // self.num_heads
         q = self._separate_heads(nn.Dense(self.embedding_dim, name="q_proj")(q))
         k = self._separate_heads(nn.Dense(self.embedding_dim, name="k_proj")(k))
@@ -106,7 +109,7 @@ class RoPEAttention(nn.Module):
             probs = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0.0)
         else:
             probs = jax.nn.softmax(logits, axis=-1)
-        probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+        probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
         out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
         return nn.Dense(self.embedding_dim, name="out_proj")(self._recombine_heads(out))
 
@@ -130,7 +133,8 @@ class MemoryAttentionLayer(nn.Module):
 
     d_model: int = 256
     dim_feedforward: int = 2048
-    dropout_rate: float = 0.1
+    dropout: float = 0.1
+    kv_in_dim: int = 64
     rope_theta: float = 10000.0
     pos_enc_at_attn: bool = False
     pos_enc_at_cross_attn_keys: bool = True
@@ -138,17 +142,17 @@ class MemoryAttentionLayer(nn.Module):
 
     def setup(self) -> None:
         attention = functools.partial(
-            RoPEAttention, self.d_model, num_heads=1, dropout_rate=self.dropout_rate, rope_theta=self.rope_theta
+            RoPEAttention, self.d_model, num_heads=1, dropout=self.dropout, rope_theta=self.rope_theta
         )
         self.self_attn = attention()
-        self.cross_attn_image = attention(rope_k_repeat=True)
+        self.cross_attn_image = attention(rope_k_repeat=True, kv_in_dim=self.kv_in_dim)
         self.linear1 = nn.Dense(self.dim_feedforward)
         self.linear2 = nn.Dense(self.d_model)
         self.norm1, self.norm2, self.norm3 = layer_norm(1e-5), layer_norm(1e-5), layer_norm(1e-5)
-        self.dropout = nn.Dropout(self.dropout_rate)
-        self.dropout1 = nn.Dropout(self.dropout_rate)
-        self.dropout2 = nn.Dropout(self.dropout_rate)
-        self.dropout3 = nn.Dropout(self.dropout_rate)
+        self.ffn_dropout = nn.Dropout(self.dropout)  # torch's `dropout` (no params; that name holds the rate here)
+        self.dropout1 = nn.Dropout(self.dropout)
+        self.dropout2 = nn.Dropout(self.dropout)
+        self.dropout3 = nn.Dropout(self.dropout)
 
     def self_attention_block(self, tgt: jax.Array, query_pos: jax.Array, deterministic: bool) -> jax.Array:
         x = self.norm1(tgt)
@@ -177,7 +181,7 @@ class MemoryAttentionLayer(nn.Module):
         return tgt + self.dropout2(attended, deterministic)
 
     def feed_forward_block(self, tgt: jax.Array, deterministic: bool) -> jax.Array:
-        hidden = self.dropout(nn.relu(self.linear1(self.norm3(tgt))), deterministic)
+        hidden = self.ffn_dropout(nn.relu(self.linear1(self.norm3(tgt))), deterministic)
         return tgt + self.dropout3(self.linear2(hidden), deterministic)
 
     def main_branch(
@@ -219,7 +223,8 @@ class MemoryAttention(nn.Module):
     d_model: int = 256
     num_layers: int = 4
     dim_feedforward: int = 2048
-    dropout_rate: float = 0.1
+    dropout: float = 0.1
+    kv_in_dim: int = 64  # mem_dim
     rope_theta: float = 10000.0
     pos_enc_at_input: bool = True
 
@@ -229,7 +234,11 @@ class MemoryAttention(nn.Module):
 
     def make_layer(self) -> MemoryAttentionLayer:
         return MemoryAttentionLayer(
-            self.d_model, self.dim_feedforward, dropout_rate=self.dropout_rate, rope_theta=self.rope_theta
+            self.d_model,
+            self.dim_feedforward,
+            dropout=self.dropout,
+            kv_in_dim=self.kv_in_dim,
+            rope_theta=self.rope_theta,
         )
 
     def __call__(
