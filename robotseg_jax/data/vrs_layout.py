@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -68,9 +68,9 @@ def write_video(
         _category_folder(category)
         if np.shape(mask) != frames.shape[:3]:
             raise VRSLayoutError(f"{video}/{category}: mask shape {np.shape(mask)} != frames {frames.shape[:3]}")
-    label_frames = range(num_frames) if label_frames is None else label_frames
+    label_frames = list(range(num_frames)) if label_frames is None else [int(i) for i in label_frames]
     if any(not 0 <= i < num_frames for i in label_frames):
-        raise VRSLayoutError(f"{video}: label_frames {list(label_frames)} outside [0, {num_frames})")
+        raise VRSLayoutError(f"{video}: label_frames {label_frames} outside [0, {num_frames})")
 
     os.makedirs(video_image_dir(root, split, video), exist_ok=True)
     for i, frame in enumerate(frames):
@@ -128,8 +128,7 @@ def read_mask(
     mask = np.asarray(_open_image(path))
     # Palette, grey and RGB PNGs all occur in the wild; only "> 0" carries meaning.
     mask = mask.any(axis=-1) if mask.ndim == 3 else mask > 0
-    with Image.open(frame_path(root, split, video, frame_id)) as frame:  # header only: reads the size, not pixels
-        frame_size = frame.size[::-1]
+    frame_size = _image_size(frame_path(root, split, video, frame_id))
     if mask.shape != frame_size:
         raise VRSLayoutError(f"mask {path} has size {mask.shape}, its frame has {frame_size}")
     return mask
@@ -202,3 +201,13 @@ def _open_image(path: str) -> Image.Image:
         raise VRSLayoutError(f"unreadable image {path}: {e}") from e
     return image
 
+
+def _image_size(path: str) -> tuple[int, int]:
+    """(height, width) from the image header alone, without decoding the pixels."""
+    if not os.path.exists(path):
+        raise VRSLayoutError(f"missing image: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except OSError as e:
+        raise VRSLayoutError(f"unreadable image {path}: {e}") from e
