@@ -16,7 +16,14 @@ from robotseg_jax.checkpoints.torch_keys import count_params, flax_path_to_torch
 from robotseg_jax.modeling.config import REFERENCE_YAML, HieraConfig, get_model_config
 from robotseg_jax.modeling.hiera import Hiera, block_specs, resize_bicubic
 from robotseg_jax.modeling.image_encoder import ImageEncoder
-from tests.reference import build_reference, max_abs_diff, nchw_to_nhwc, nhwc_to_nchw, perturb_, to_flax
+from tests.reference import (
+    build_reference,
+    max_abs_diff,
+    nchw_to_nhwc,
+    nhwc_to_nchw,
+    perturb_,
+    to_flax,
+)
 
 TOL = 1e-4
 
@@ -85,7 +92,7 @@ def test_image_encoder_matches_sam2(hiera_t_encoder, shape):
     expected = reference(nhwc_to_nchw(images))
     expected_trunk = reference.trunk(nhwc_to_nchw(images))
 
-    is_trunk = lambda module, method_name: isinstance(module, Hiera)  # noqa: E731
+    is_trunk = lambda module, method_name: isinstance(module, Hiera)
     got, state = jax.jit(lambda p, x: model.apply({"params": p}, x, capture_intermediates=is_trunk, mutable=True))(
         params, jnp.asarray(images)
     )

@@ -10,7 +10,13 @@ import torch
 
 from robotseg_jax.modeling.memory_attention import MemoryAttention
 from robotseg_jax.modeling.memory_encoder import MemoryEncoder
-from tests.reference import build_reference, max_abs_diff, nchw_to_nhwc, nhwc_to_nchw, to_flax
+from tests.reference import (
+    build_reference,
+    max_abs_diff,
+    nchw_to_nhwc,
+    nhwc_to_nchw,
+    to_flax,
+)
 
 TOL = 1e-4
 GRID = 16  # image_size 256 / backbone stride 16
@@ -68,7 +74,7 @@ def test_memory_encoder_matches_reference(reference, memory_encoder, skip_mask_s
 
 def _torch_memory_attention(reference, curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens):
     """sam2's MemoryAttention on batch-first numpy arrays (it takes and returns seq-first [N, B, C])."""
-    seq_first = lambda x: torch.from_numpy(np.ascontiguousarray(x)).transpose(0, 1)  # noqa: E731
+    seq_first = lambda x: torch.from_numpy(np.ascontiguousarray(x)).transpose(0, 1)
     out = reference.memory_attention(
         curr=seq_first(curr),
         memory=seq_first(memory),
@@ -145,7 +151,7 @@ def test_all_invalid_memory_gives_finite_output(memory_attention):
 def test_memory_attention_dropout_in_training(memory_attention):
     model, params = memory_attention
     inputs = _attention_inputs(np.random.default_rng(4), 1, N + 4)
-    train = lambda seed: model.apply(  # noqa: E731
+    train = lambda seed: model.apply(
         params, *inputs, 4, deterministic=False, rngs={"dropout": jax.random.PRNGKey(seed)}
     )
     eval_out = model.apply(params, *inputs, 4)

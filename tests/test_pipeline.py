@@ -6,7 +6,14 @@ import sys
 import numpy as np
 import pytest
 
-from robotseg_jax.data import augment, pipeline, samplers, tfds_builders, vrs_layout, vrs_tfds
+from robotseg_jax.data import (
+    augment,
+    pipeline,
+    samplers,
+    tfds_builders,
+    vrs_layout,
+    vrs_tfds,
+)
 from robotseg_jax.data.samplers import BidirectionalSampler, UniformSampler
 
 SIZE = 64
@@ -52,7 +59,7 @@ def test_bidirectional_step_is_uniform_on_1_to_max_step_inclusive(num_video_fram
 def test_uniform_sampler():
     rng = np.random.default_rng(0)
     clips = [UniformSampler(8).draw(12, rng) for _ in range(300)]
-    assert {c[0] for c in clips} == set(range(0, 5))
+    assert {c[0] for c in clips} == set(range(5))
     assert all(c == list(range(c[0], c[0] + 8)) for c in clips)
     assert UniformSampler(8).draw(7, rng) is None
     assert {UniformSampler(1).draw(3, rng)[0] for _ in range(100)} == {0, 1, 2}

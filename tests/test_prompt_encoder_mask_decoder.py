@@ -16,7 +16,14 @@ from sam2.modeling.sam.transformer import TwoWayTransformer as TorchTwoWayTransf
 from robotseg_jax.modeling.mask_decoder import MaskDecoder
 from robotseg_jax.modeling.prompt_encoder import PromptEncoder
 from robotseg_jax.modeling.two_way_transformer import TwoWayTransformer
-from tests.reference import build_reference, max_abs_diff, nchw_to_nhwc, nhwc_to_nchw, perturb_, to_flax
+from tests.reference import (
+    build_reference,
+    max_abs_diff,
+    nchw_to_nhwc,
+    nhwc_to_nchw,
+    perturb_,
+    to_flax,
+)
 
 IMAGE_SIZE = 256
 EMBED_SIZE = IMAGE_SIZE // 16

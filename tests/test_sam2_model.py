@@ -11,9 +11,17 @@ import pytest
 import torch
 
 from robotseg_jax.checkpoints import convert
-from robotseg_jax.checkpoints.torch_keys import CheckpointMismatchError, count_params, flax_to_torch
+from robotseg_jax.checkpoints.torch_keys import (
+    CheckpointMismatchError,
+    count_params,
+    flax_to_torch,
+)
 from robotseg_jax.modeling.config import get_model_config
-from robotseg_jax.modeling.memory_bank import memory_capacity, pack_memory, select_memory
+from robotseg_jax.modeling.memory_bank import (
+    memory_capacity,
+    pack_memory,
+    select_memory,
+)
 from robotseg_jax.modeling.sam2 import Prompts, SAM2Model
 from tests.reference import build_reference, max_abs_diff, nchw_to_nhwc
 
@@ -22,7 +30,7 @@ NUM_FRAMES = 4
 TOL = 1e-4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup(binarize: bool = False):
     overrides = (f"++model.binarize_mask_from_pts_for_mem_enc={str(binarize).lower()}",)
     ref = build_reference("sam2.1_hiera_t", IMAGE_SIZE, seed=1, overrides=overrides)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -106,3 +107,13 @@ def load_params(directory: str | os.PathLike, config: SAM2Config | None = None) 
     restored = ocp.StandardCheckpointer().restore(os.path.join(directory, _PARAMS_DIR))
     return restored, model_name
 
+
+
+def load_checkpoint(path: str | os.PathLike, config: SAM2Config) -> dict:
+    """Params of `config`'s model from an official `.pt` file or an orbax directory written by `save_params`.
+
+    The params do not depend on `config.image_size`, so one checkpoint serves every input size."""
+    if os.path.isdir(path):
+        params, _ = load_params(path, config)
+        return params
+    return torch_to_params(load_torch_state_dict(path), config)

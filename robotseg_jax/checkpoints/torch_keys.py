@@ -19,7 +19,8 @@ keys raise `CheckpointMismatchError`, which lists them; nothing is filled in sil
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import numpy as np

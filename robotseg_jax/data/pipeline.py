@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grain
 import numpy as np

@@ -7,7 +7,8 @@ Every draw comes from a numpy Generator, so a clip is a pure function of the gen
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 

@@ -20,7 +20,7 @@ import functools
 import io
 import os
 import re
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds

@@ -8,7 +8,7 @@ that `checkpoints.torch_keys` maps state_dict keys to Flax params by rule instea
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # PyTorch's nn.GELU() is the exact erf form; Flax's default is the tanh approximation.
-gelu = lambda x: nn.gelu(x, approximate=False)  # noqa: E731
+gelu = lambda x: nn.gelu(x, approximate=False)
 
 
 def layer_norm(epsilon: float = 1e-5, name: str | None = None) -> nn.LayerNorm:

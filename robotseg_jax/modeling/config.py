@@ -7,7 +7,6 @@ configs under `configs/` pick a model by name and apply overrides with `dataclas
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,18 +15,18 @@ class HieraConfig:
 
     embed_dim: int = 96
     num_heads: int = 1
-    stages: Tuple[int, ...] = (1, 2, 7, 2)
-    global_att_blocks: Tuple[int, ...] = (5, 7, 9)
-    window_spec: Tuple[int, ...] = (8, 4, 14, 7)
-    window_pos_embed_bkg_spatial_size: Tuple[int, int] = (7, 7)
+    stages: tuple[int, ...] = (1, 2, 7, 2)
+    global_att_blocks: tuple[int, ...] = (5, 7, 9)
+    window_spec: tuple[int, ...] = (8, 4, 14, 7)
+    window_pos_embed_bkg_spatial_size: tuple[int, int] = (7, 7)
     q_pool: int = 3
-    q_stride: Tuple[int, int] = (2, 2)
+    q_stride: tuple[int, int] = (2, 2)
     dim_mul: float = 2.0
     head_mul: float = 2.0
     drop_path_rate: float = 0.0
 
     @property
-    def channel_list(self) -> Tuple[int, ...]:
+    def channel_list(self) -> tuple[int, ...]:
         """Output channels of the four stages, lowest resolution first (the neck's `backbone_channel_list`)."""
         dims = [int(self.embed_dim * self.dim_mul**i) for i in range(len(self.stages))]
         return tuple(reversed(dims))
@@ -44,7 +43,7 @@ class SAM2Config:
     d_model: int = 256  # hidden dim of neck, decoder and memory attention
     mem_dim: int = 64
     # FPN neck
-    fpn_top_down_levels: Tuple[int, ...] = (2, 3)
+    fpn_top_down_levels: tuple[int, ...] = (2, 3)
     scalp: int = 1
     # memory attention
     num_mem_attn_layers: int = 4

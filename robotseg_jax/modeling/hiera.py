@@ -6,7 +6,7 @@ Token maps stay `[B, H, W, C]` throughout; windowed attention folds the windows 
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -71,7 +71,7 @@ def window_partition(x: jax.Array, window_size: int) -> jax.Array:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, channels)
 
 
-def window_unpartition(windows: jax.Array, window_size: int, hw: Tuple[int, int]) -> jax.Array:
+def window_unpartition(windows: jax.Array, window_size: int, hw: tuple[int, int]) -> jax.Array:
     """Inverse of `window_partition` for an unpadded size `hw`: `[B * num_windows, ws, ws, C]` -> `[B, H, W, C]`."""
     height, width = hw
     rows = (height + _window_padding(height, window_size)) // window_size
@@ -82,7 +82,7 @@ def window_unpartition(windows: jax.Array, window_size: int, hw: Tuple[int, int]
     return x[:, :height, :width]
 
 
-def max_pool(x: jax.Array, stride: Tuple[int, int]) -> jax.Array:
+def max_pool(x: jax.Array, stride: tuple[int, int]) -> jax.Array:
     """`nn.MaxPool2d(kernel_size=stride, stride=stride)` (floor mode) on `[B, H, W, C]`."""
     batch, height, width, channels = x.shape
     sh, sw = stride
@@ -105,7 +105,7 @@ class MultiScaleAttention(nn.Module):
 
     dim_out: int
     num_heads: int
-    q_stride: Optional[Tuple[int, int]] = None
+    q_stride: tuple[int, int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -128,7 +128,7 @@ class MultiScaleBlock(nn.Module):
     dim_out: int
     num_heads: int
     window_size: int = 0  # 0: global attention
-    q_stride: Optional[Tuple[int, int]] = None
+    q_stride: tuple[int, int] | None = None
     drop_path_rate: float = 0.0
     mlp_ratio: float = 4.0
 
@@ -168,16 +168,16 @@ class BlockSpec:
     dim_out: int
     num_heads: int
     window_size: int
-    q_stride: Optional[Tuple[int, int]]
+    q_stride: tuple[int, int] | None
     drop_path_rate: float
 
 
-def stage_ends(config: HieraConfig) -> List[int]:
+def stage_ends(config: HieraConfig) -> list[int]:
     """Index of the last block of every stage."""
     return [sum(config.stages[: i + 1]) - 1 for i in range(len(config.stages))]
 
 
-def block_specs(config: HieraConfig) -> List[BlockSpec]:
+def block_specs(config: HieraConfig) -> list[BlockSpec]:
     """Per-block widths, heads, window sizes, pooling and drop-path rates, following sam2's loop exactly.
 
     The window size lags by one block: the first block of a stage partitions its input with the previous stage's
@@ -204,7 +204,7 @@ def block_specs(config: HieraConfig) -> List[BlockSpec]:
     return specs
 
 
-def _pos_embed(background: jax.Array, window_embed: jax.Array, hw: Tuple[int, int]) -> jax.Array:
+def _pos_embed(background: jax.Array, window_embed: jax.Array, hw: tuple[int, int]) -> jax.Array:
     """`[1, h, w, C]`: the background embedding resized bicubically to the grid plus the window embedding tiled
     over it (https://arxiv.org/abs/2311.05613). Inputs are PyTorch-layout `[1, C, h, w]` params."""
     window = window_embed.shape[-1]
@@ -220,7 +220,7 @@ class Hiera(nn.Module):
     config: HieraConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> List[jax.Array]:
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> list[jax.Array]:
         cfg = self.config
         window = cfg.window_spec[0]
         # Both embeddings keep PyTorch's [1, C, h, w] layout so that the checkpoint maps by name alone.

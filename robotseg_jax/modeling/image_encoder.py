@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -33,10 +33,10 @@ class FpnNeck(nn.Module):
     """
 
     d_model: int
-    fpn_top_down_levels: Tuple[int, ...]
+    fpn_top_down_levels: tuple[int, ...]
 
     @nn.compact
-    def __call__(self, xs: Sequence[jax.Array]) -> Tuple[List[jax.Array], List[jax.Array]]:
+    def __call__(self, xs: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
         last = len(xs) - 1
         features, pos = [None] * len(xs), [None] * len(xs)
         prev = None
@@ -64,7 +64,7 @@ class ImageEncoder(nn.Module):
     config: SAM2Config
 
     @nn.compact
-    def __call__(self, images: jax.Array, deterministic: bool = True) -> Dict[str, object]:
+    def __call__(self, images: jax.Array, deterministic: bool = True) -> dict[str, object]:
         cfg = self.config
         trunk_outputs = Hiera(cfg.hiera, name="trunk")(images, deterministic)
         features, pos = FpnNeck(cfg.d_model, tuple(cfg.fpn_top_down_levels), name="neck")(trunk_outputs)

@@ -8,7 +8,7 @@ are dropped, and without them the decoder is exactly SAM 2.1's.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -213,7 +213,7 @@ class MaskDecoder(nn.Module):
             )
         batch_size, num_tokens = tokens.shape[:2]
         num_prompt_tokens = num_tokens - num_output_tokens - extra_tokens.shape[1]
-        keep = lambda n: jnp.ones((batch_size, n), bool)  # noqa: E731
+        keep = lambda n: jnp.ones((batch_size, n), bool)
         return jnp.concatenate([keep(num_output_tokens), extra_token_mask, keep(num_prompt_tokens)], axis=1)
 
     def _check_inputs(

@@ -10,7 +10,7 @@ equals attention over the concatenation of the valid entries, so every tracked f
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.struct
 import jax

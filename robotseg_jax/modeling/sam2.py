@@ -7,8 +7,6 @@ clicks, multimask) is static Python, so a tracked frame with no prompts always h
 
 from __future__ import annotations
 
-from typing import Optional
-
 import flax.linen as nn
 import flax.struct
 import jax
@@ -21,7 +19,10 @@ from robotseg_jax.modeling.mask_decoder import MaskDecoder
 from robotseg_jax.modeling.memory_attention import MemoryAttention
 from robotseg_jax.modeling.memory_bank import MemoryInputs
 from robotseg_jax.modeling.memory_encoder import MemoryEncoder
-from robotseg_jax.modeling.position_encoding import get_1d_sine_pe, sine_position_encoding
+from robotseg_jax.modeling.position_encoding import (
+    get_1d_sine_pe,
+    sine_position_encoding,
+)
 from robotseg_jax.modeling.prompt_encoder import PromptEncoder
 
 # Mask logit written where the object score says "absent" (sam2_base.NO_OBJ_SCORE).
@@ -52,9 +53,9 @@ class Prompts:
     mask_inputs: [B, H, W] float (a binary mask at image resolution for mask-as-output, or SAM's mask prompt).
     """
 
-    point_coords: Optional[jax.Array] = None
-    point_labels: Optional[jax.Array] = None
-    mask_inputs: Optional[jax.Array] = None
+    point_coords: jax.Array | None = None
+    point_labels: jax.Array | None = None
+    mask_inputs: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -83,7 +84,7 @@ class TrackOutputs:
     ious: jax.Array
     low_res_multimasks: jax.Array
     high_res_multimasks: jax.Array
-    maskmem_features: Optional[jax.Array]
+    maskmem_features: jax.Array | None
 
 
 def use_multimask(config: SAM2Config, is_init_cond_frame: bool, num_points: int) -> bool:
@@ -172,13 +173,13 @@ class SAM2Model(nn.Module):
     def _forward_sam_heads(
         self,
         backbone_features: jax.Array,
-        point_coords: Optional[jax.Array],
-        point_labels: Optional[jax.Array],
-        mask_inputs: Optional[jax.Array],
+        point_coords: jax.Array | None,
+        point_labels: jax.Array | None,
+        mask_inputs: jax.Array | None,
         high_res_features: tuple,
         multimask_output: bool,
-        extra_tokens: Optional[jax.Array] = None,
-        extra_token_mask: Optional[jax.Array] = None,
+        extra_tokens: jax.Array | None = None,
+        extra_token_mask: jax.Array | None = None,
     ) -> SamHeadOutputs:
         """SAM2Base._forward_sam_heads. `mask_inputs` is [B, 1, H', W'] logits/probabilities, or None."""
         cfg = self.config
@@ -216,7 +217,7 @@ class SAM2Model(nn.Module):
         sam_output_token = sam_output_tokens[:, 0]
         if multimask_output:
             best = jnp.argmax(ious, axis=-1)
-            take = lambda x: jnp.take_along_axis(x, best[:, None, None, None], axis=1)  # noqa: E731
+            take = lambda x: jnp.take_along_axis(x, best[:, None, None, None], axis=1)
             low_res_masks, high_res_masks = take(low_res_multimasks), take(high_res_multimasks)
             if sam_output_tokens.shape[1] > 1:
                 sam_output_token = jnp.take_along_axis(sam_output_tokens, best[:, None, None], axis=1)[:, 0]
@@ -305,7 +306,7 @@ class SAM2Model(nn.Module):
         )
 
     def condition_on_memory(
-        self, features: BackboneFeatures, memory: Optional[MemoryInputs], deterministic: bool = True
+        self, features: BackboneFeatures, memory: MemoryInputs | None, deterministic: bool = True
     ) -> jax.Array:
         """_prepare_memory_conditioned_features: `[B, h, w, C]` pixel features fused with the memory bank.
 
@@ -364,9 +365,9 @@ class SAM2Model(nn.Module):
     def track_step(
         self,
         features: BackboneFeatures,
-        memory: Optional[MemoryInputs],
+        memory: MemoryInputs | None,
         prompts: Prompts,
-        prev_sam_mask_logits: Optional[jax.Array] = None,
+        prev_sam_mask_logits: jax.Array | None = None,
         is_init_cond_frame: bool = False,
         run_mem_encoder: bool = True,
         deterministic: bool = True,

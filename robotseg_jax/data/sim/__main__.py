@@ -6,7 +6,12 @@ import argparse
 import os
 import time
 
-from robotseg_jax.data.sim.dataset import DEFAULT_SPLIT_FRACTIONS, EMBODIMENT_ORDER, GenerationConfig, generate
+from robotseg_jax.data.sim.dataset import (
+    DEFAULT_SPLIT_FRACTIONS,
+    EMBODIMENT_ORDER,
+    GenerationConfig,
+    generate,
+)
 
 
 def parse_split_fractions(text: str) -> dict[str, float]:
