@@ -137,7 +137,9 @@ def flax_to_torch(params: Params) -> dict[str, np.ndarray]:
     out = {}
     for path, value in traverse_util.flatten_dict(dict(params)).items():
         key = flax_path_to_torch_key(path)
-        out[key] = np.ascontiguousarray(_to_torch_layout(key, path[-1], np.asarray(jax.device_get(value))))
+        # np.array(order="C") rather than np.ascontiguousarray, which turns 0-d params (SEMA's
+        # structure_strength) into shape (1,)
+        out[key] = np.array(_to_torch_layout(key, path[-1], np.asarray(jax.device_get(value))), order="C")
     return out
 
 

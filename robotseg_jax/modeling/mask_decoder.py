@@ -259,3 +259,76 @@ class MaskDecoder(nn.Module):
         area_u = jnp.sum(mask_logits > -delta, axis=(-2, -1)).astype(jnp.float32)
         # an empty union counts as stable; max() only keeps the unselected branch finite
         return jnp.where(area_u > 0, area_i / jnp.maximum(area_u, 1.0), 1.0)
+
+
+# RobotSeg's class-token rows (spec §1.5): VRS part folders 000, 001, 002 in the same order.
+ROBOT_CATEGORIES = ("arm", "gripper", "robot")
+
+
+def robot_category_index(name: str) -> int:
+    """The class-token row of a category string; anything but arm, gripper, robot is an error, as in the original."""
+    if name not in ROBOT_CATEGORIES:
+        raise ValueError(f"unknown robot category {name!r}; expected one of {ROBOT_CATEGORIES}")
+    return ROBOT_CATEGORIES.index(name)
+
+
+class RobotMaskDecoder(MaskDecoder):
+    """RobotSeg's MaskDecoder_Robot_RPG (spec §1.5): SAM 2.1's decoder plus `robot_token_embedding`, a table of
+    one class token per robot category.
+
+    With a category the token sequence is `[obj_score, iou, 4 mask tokens, class token, RPG object tokens,
+    sparse prompts]`; without one it is SAM 2.1's. Absence is per sample (category -1) and implemented by masking
+    the class and object tokens out, so that one compiled step serves both (it equals leaving them out).
+    """
+
+    num_robot_categories: int = len(ROBOT_CATEGORIES)
+
+    def setup(self) -> None:
+        super().setup()
+        # PyTorch's nn.Embedding initialises N(0, 1) (spec §2).
+        self.robot_token_embedding = nn.Embed(
+            self.num_robot_categories, self.transformer_dim, embedding_init=nn.initializers.normal(1.0)
+        )
+
+    def __call__(
+        self,
+        image_embeddings: jax.Array,
+        image_pe: jax.Array,
+        sparse_prompt_embeddings: jax.Array,
+        dense_prompt_embeddings: jax.Array,
+        multimask_output: bool,
+        repeat_image: bool,
+        high_res_features: Sequence[jax.Array] | None = None,
+        robot_category: jax.Array | None = None,
+        object_tokens: jax.Array | None = None,
+        object_token_mask: jax.Array | None = None,
+        train: bool = False,
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """Arguments and outputs as MaskDecoder's, plus `robot_category` `[B]` int (a `robot_category_index`, or
+        -1 for none; None: no sample has one), the RPG `object_tokens` `[B, T, C]` and their validity
+        `object_token_mask` `[B, T]` bool (None: all valid). The class and object tokens' outputs are dropped;
+        they act on the masks through attention only."""
+        if self.is_initializing():
+            self.robot_token_embedding(jnp.zeros((1,), jnp.int32))  # create the table even if unused here
+        extra_tokens = extra_token_mask = None
+        if robot_category is not None:
+            if object_tokens is None:
+                raise ValueError("robot_category needs the RPG object_tokens")
+            present = robot_category >= 0
+            class_token = self.robot_token_embedding(jnp.maximum(robot_category, 0))[:, None]
+            extra_tokens = jnp.concatenate([class_token, object_tokens.astype(class_token.dtype)], axis=1)
+            if object_token_mask is None:
+                object_token_mask = jnp.ones(object_tokens.shape[:2], bool)
+            extra_token_mask = jnp.concatenate([present[:, None], object_token_mask & present[:, None]], axis=1)
+        return super().__call__(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            multimask_output,
+            repeat_image,
+            high_res_features,
+            extra_tokens,
+            extra_token_mask,
+            train,
+        )

@@ -1,0 +1,449 @@
+"""sam2 1.1.0's `SAM2VideoPredictor` API on the JAX model.
+
+The bookkeeping follows sam2's predictor rule for rule (conditioning vs tracked frames, temporary outputs of
+prompted frames that the propagation preflight encodes into memory, correction clicks fed with the previous
+low-res logits, consolidation across objects), so the same calls give the same masks. What differs is where
+things live and how they run:
+
+- Frames are decoded and resized on demand (video_io.py) and image features are cached for a few frames only;
+  every per-frame output is kept on the host as numpy, so device memory stays flat however long the video is.
+- All objects are tracked in one compiled step, vmapped over objects, each with its own fixed-capacity memory
+  (model_steps.py); sam2 loops over objects. Results equal tracking each object alone.
+- Outputs are numpy arrays `[O, 1, H, W]` of logits at the video resolution.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Hashable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robotseg_jax.checkpoints.convert import load_checkpoint
+from robotseg_jax.inference.model_steps import ModelSteps, StepOutputs
+from robotseg_jax.inference.postprocess import fill_holes_in_mask_scores, to_video_resolution
+from robotseg_jax.inference.video_io import open_video
+from robotseg_jax.inference.video_state import FrameOutput, InferenceState, ObjectState
+from robotseg_jax.modeling.config import VIDEO_PREDICTOR_OVERRIDES, SAM2Config, get_model_config
+from robotseg_jax.modeling.memory_bank import MemoryInputs, memory_capacity, pack_memory, select_memory
+from robotseg_jax.modeling.sam2 import NO_OBJ_SCORE, BackboneFeatures, Prompts
+
+_VALID_LABELS = {-1, 0, 1, 2, 3}
+# sam2 clamps the previous logits it feeds back with correction clicks ("rare numerical issues").
+_PREV_LOGITS_CLAMP = 32.0
+
+
+class VideoPredictor:
+    """Interactive video segmentation with sam2's `SAM2VideoPredictor` API.
+
+    fill_hole_area: background holes of at most this many pixels in the low-res masks become foreground (sam2's
+        predictor builds with 8; 0 turns it off).
+    non_overlap_masks: keep only the highest-scoring object per output pixel.
+    add_all_frames_to_correct_as_cond: corrected frames join the conditioning frames (sam2's option).
+    memory_dtype: how memory features are stored; sam2 stores bfloat16, float32 keeps full precision
+        (`init_state(memory_dtype=...)` overrides it per session).
+    feature_cache_size / frame_cache_size: how many frames' image features (device) and decoded frames (host)
+        are kept.
+    """
+
+    def __init__(
+        self,
+        config: SAM2Config,
+        params: dict,
+        fill_hole_area: int = 8,
+        non_overlap_masks: bool = False,
+        add_all_frames_to_correct_as_cond: bool = False,
+        memory_dtype=jnp.bfloat16,
+        feature_cache_size: int = 4,
+        frame_cache_size: int = 2,
+    ):
+        self.config = config
+        self.image_size = config.image_size
+        self.fill_hole_area = fill_hole_area
+        self.non_overlap_masks = non_overlap_masks
+        self.add_all_frames_to_correct_as_cond = add_all_frames_to_correct_as_cond
+        self.feature_cache_size = max(1, feature_cache_size)
+        self.frame_cache_size = frame_cache_size
+        self.memory_dtype = jnp.dtype(memory_dtype)
+        self.steps = ModelSteps(config, params)
+
+    # ------------------------------------------------------------------ session
+    def init_state(
+        self,
+        video_path,
+        offload_video_to_cpu: bool = False,
+        offload_state_to_cpu: bool = False,
+        async_loading_frames: bool = False,
+        memory_dtype=None,
+    ) -> InferenceState:
+        """A session on a folder of JPEG frames, an .mp4 file or a uint8 array `[T, H, W, 3]`.
+
+        The three flags are accepted for sam2 compatibility; what they ask for is always the case here: frames are
+        decoded on demand (nothing to load ahead) and frames and outputs live on the host. `memory_dtype`
+        overrides the predictor's for this session (the compiled programs do not depend on it).
+        """
+        del offload_video_to_cpu, offload_state_to_cpu, async_loading_frames
+        frames = open_video(video_path, self.image_size, self.frame_cache_size)
+        state = InferenceState(frames, self.memory_dtype if memory_dtype is None else jnp.dtype(memory_dtype))
+        self._image_features(state, 0)  # as sam2: fail early and warm up the encoder on the first frame
+        return state
+
+    def reset_state(self, state: InferenceState) -> None:
+        """Removes every object, prompt and output (the video and its cached features stay)."""
+        state.obj_ids.clear()
+        state.objects.clear()
+
+    # ------------------------------------------------------------------ prompts
+    def add_new_points_or_box(
+        self,
+        state: InferenceState,
+        frame_idx: int,
+        obj_id: Hashable,
+        points=None,
+        labels=None,
+        clear_old_points: bool = True,
+        normalize_coords: bool = True,
+        box=None,
+    ) -> tuple[int, list, np.ndarray]:
+        """Clicks `points` [N, 2] (x, y) with `labels` [N] (1 foreground, 0 background) and/or a `box`
+        (x0, y0, x1, y1) on a frame; in video pixels, or in [0, 1] with `normalize_coords=False`.
+
+        On a frame the object was not tracked on, this starts from the prompts alone (a conditioning frame); on a
+        tracked frame it corrects the tracked mask, feeding its logits with the clicks. Returns
+        (frame_idx, obj_ids, logits [O, 1, H, W]) for every object on that frame.
+        """
+        frame_idx = self._check_frame(state, frame_idx)
+        coords, point_labels = self._point_prompts(state, points, labels, box, clear_old_points, normalize_coords)
+        obj = self._object(state, obj_id, create=True)
+        if not clear_old_points and frame_idx in obj.point_inputs:
+            old_coords, old_labels = obj.point_inputs[frame_idx]
+            coords = np.concatenate([old_coords, coords], axis=1)
+            point_labels = np.concatenate([old_labels, point_labels], axis=1)
+        obj.point_inputs[frame_idx] = (coords, point_labels)
+        obj.mask_inputs.pop(frame_idx, None)
+
+        is_init_cond_frame = frame_idx not in obj.frames_tracked
+        reverse = obj.frames_tracked.get(frame_idx, False)
+        is_cond = is_init_cond_frame or self.add_all_frames_to_correct_as_cond
+        prev_out = obj.latest_output(frame_idx, is_cond)
+        prev_logits = None
+        if prev_out is not None:
+            prev_logits = np.clip(prev_out.pred_masks, -_PREV_LOGITS_CLAMP, _PREV_LOGITS_CLAMP)
+        prompts = Prompts(jnp.asarray(coords), jnp.asarray(point_labels))
+        out = self._run_prompted_frame(state, obj, frame_idx, is_init_cond_frame, reverse, prompts, prev_logits)
+        obj.temp_outputs(is_cond)[frame_idx] = out
+        return frame_idx, list(state.obj_ids), self._consolidated_output(state, frame_idx, is_cond)
+
+    def add_new_mask(
+        self, state: InferenceState, frame_idx: int, obj_id: Hashable, mask
+    ) -> tuple[int, list, np.ndarray]:
+        """A binary mask `[H', W']` (any size; resized to the model size) as the object's mask on a frame."""
+        frame_idx = self._check_frame(state, frame_idx)
+        mask = np.asarray(mask)
+        if mask.ndim != 2:
+            raise ValueError(f"mask must be 2-D [H, W], got shape {mask.shape}")
+        obj = self._object(state, obj_id, create=True)
+        mask_inputs = jnp.asarray(mask.astype(bool), jnp.float32)[None]
+        if mask.shape != (self.image_size, self.image_size):
+            # sam2: antialiased bilinear resize, then re-binarised at 0.5
+            size = (1, self.image_size, self.image_size)
+            mask_inputs = (jax.image.resize(mask_inputs, size, "linear", antialias=True) >= 0.5).astype(jnp.float32)
+        obj.mask_inputs[frame_idx] = np.asarray(mask_inputs)
+        obj.point_inputs.pop(frame_idx, None)
+
+        is_init_cond_frame = frame_idx not in obj.frames_tracked
+        reverse = obj.frames_tracked.get(frame_idx, False)
+        is_cond = is_init_cond_frame or self.add_all_frames_to_correct_as_cond
+        prompts = Prompts(mask_inputs=mask_inputs)
+        out = self._run_prompted_frame(state, obj, frame_idx, is_init_cond_frame, reverse, prompts, None)
+        obj.temp_outputs(is_cond)[frame_idx] = out
+        return frame_idx, list(state.obj_ids), self._consolidated_output(state, frame_idx, is_cond)
+
+    def clear_all_prompts_in_frame(
+        self, state: InferenceState, frame_idx: int, obj_id: Hashable, need_output: bool = True
+    ) -> tuple[int, list, np.ndarray] | None:
+        """Removes an object's prompts on a frame; its conditioning output there becomes a tracked one.
+
+        Unlike sam2, which silently adds an unknown `obj_id` as a new (prompt-less) object, an unknown id is an error.
+        """
+        frame_idx = self._check_frame(state, frame_idx)
+        obj = self._object(state, obj_id, create=False)
+        obj.point_inputs.pop(frame_idx, None)
+        obj.mask_inputs.pop(frame_idx, None)
+        obj.temp_cond_outputs.pop(frame_idx, None)
+        obj.temp_non_cond_outputs.pop(frame_idx, None)
+        out = obj.cond_outputs.pop(frame_idx, None)
+        if out is not None:
+            obj.non_cond_outputs[frame_idx] = out
+            obj.frames_tracked.pop(frame_idx, None)
+        if not need_output:
+            return None
+        is_cond = any(frame_idx in o.temp_cond_outputs for o in state.objects)
+        return frame_idx, list(state.obj_ids), self._consolidated_output(state, frame_idx, is_cond)
+
+    def remove_object(
+        self, state: InferenceState, obj_id: Hashable, strict: bool = False, need_output: bool = True
+    ) -> tuple[list, list[tuple[int, np.ndarray]]]:
+        """Removes an object; returns the remaining ids and the updated outputs on the frames it was prompted on."""
+        if obj_id not in state.obj_ids:
+            if not strict:
+                return list(state.obj_ids), []
+            raise ValueError(f"Cannot remove object id {obj_id!r}: no such object (existing ids: {state.obj_ids})")
+        if len(state.obj_ids) == 1:
+            self.reset_state(state)
+            return [], []
+        obj_idx = state.obj_ids.index(obj_id)
+        obj = state.objects[obj_idx]
+        input_frames = sorted(set(obj.point_inputs) | set(obj.mask_inputs))
+        for frame_idx in input_frames:
+            self.clear_all_prompts_in_frame(state, frame_idx, obj_id, need_output=False)
+        del state.obj_ids[obj_idx]
+        del state.objects[obj_idx]
+        updated = []
+        if need_output:
+            for frame_idx in input_frames:
+                is_cond = any(frame_idx in o.temp_cond_outputs for o in state.objects)
+                updated.append((frame_idx, self._consolidated_output(state, frame_idx, is_cond)))
+        return list(state.obj_ids), updated
+
+    # ------------------------------------------------------------------ propagation
+    def propagate_in_video_preflight(self, state: InferenceState) -> None:
+        """Moves the prompted frames' outputs into memory, encoding their memory features (sam2's preflight)."""
+        if not state.objects:
+            raise RuntimeError("No points or masks were added for any object; add prompts before propagating")
+        for obj_id, obj in zip(state.obj_ids, state.objects):
+            for is_cond in (False, True):
+                temp, outputs = obj.temp_outputs(is_cond), obj.outputs(is_cond)
+                for frame_idx, out in temp.items():
+                    if out.maskmem_features is None:
+                        out.maskmem_features = self._encode_prompted_memory(state, frame_idx, out)
+                    outputs[frame_idx] = out
+                temp.clear()
+            if not obj.cond_outputs:
+                raise RuntimeError(f"No points or masks were added for object id {obj_id!r}; add prompts first")
+            for frame_idx in obj.cond_outputs:
+                obj.non_cond_outputs.pop(frame_idx, None)
+
+    def propagate_in_video(
+        self,
+        state: InferenceState,
+        start_frame_idx: int | None = None,
+        max_frame_num_to_track: int | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[int, list, np.ndarray]]:
+        """Tracks every object through the video; yields (frame_idx, obj_ids, logits [O, 1, H, W]) per frame.
+
+        Starts at the earliest conditioning frame unless `start_frame_idx` is given and visits
+        `max_frame_num_to_track` frames after it (sam2's count: the start frame plus that many, within the video).
+        """
+        self.propagate_in_video_preflight(state)
+        num_frames = state.num_frames
+        if start_frame_idx is None:
+            start_frame_idx = min(t for obj in state.objects for t in obj.cond_outputs)
+        start_frame_idx = self._check_frame(state, start_frame_idx)
+        if max_frame_num_to_track is None:
+            max_frame_num_to_track = num_frames
+        if reverse:
+            end_frame_idx = max(start_frame_idx - max_frame_num_to_track, 0)
+            order = range(start_frame_idx, end_frame_idx - 1, -1) if start_frame_idx > 0 else range(0)
+        else:
+            end_frame_idx = min(start_frame_idx + max_frame_num_to_track, num_frames - 1)
+            order = range(start_frame_idx, end_frame_idx + 1)
+
+        for frame_idx in order:
+            to_track = [i for i, obj in enumerate(state.objects) if frame_idx not in obj.cond_outputs]
+            if to_track:
+                tracked = self._track_all_objects(state, frame_idx, reverse)
+                for i in to_track:
+                    state.objects[i].non_cond_outputs[frame_idx] = self._frame_output(tracked, i)
+            for obj in state.objects:
+                obj.frames_tracked[frame_idx] = reverse
+            logits = np.concatenate([obj.memory_output(frame_idx).pred_masks for obj in state.objects])
+            yield frame_idx, list(state.obj_ids), self._video_resolution(state, logits)
+
+    # ------------------------------------------------------------------ internals
+    def _check_frame(self, state: InferenceState, frame_idx) -> int:
+        frame_idx = operator.index(frame_idx)
+        if not 0 <= frame_idx < state.num_frames:
+            raise IndexError(f"frame_idx {frame_idx} is out of range: the video has {state.num_frames} frames")
+        return frame_idx
+
+    def _object(self, state: InferenceState, obj_id: Hashable, create: bool) -> ObjectState:
+        if obj_id in state.obj_ids:
+            return state.objects[state.obj_ids.index(obj_id)]
+        if not create:
+            raise ValueError(f"Unknown object id {obj_id!r} (existing ids: {state.obj_ids})")
+        state.obj_ids.append(obj_id)
+        state.objects.append(ObjectState())
+        return state.objects[-1]
+
+    def _point_prompts(self, state, points, labels, box, clear_old_points, normalize_coords):
+        """Validated clicks in model-input pixels: coords [1, N, 2] float32, labels [1, N] int32 (box first)."""
+        if (points is None) != (labels is None):
+            raise ValueError("points and labels must be given together")
+        if points is None and box is None:
+            raise ValueError("give points (with labels) or a box")
+        coords = np.zeros((1, 0, 2), np.float32) if points is None else np.asarray(points, np.float32)
+        point_labels = np.zeros((1, 0), np.int32) if labels is None else np.asarray(labels, np.int32)
+        coords = coords[None] if coords.ndim == 2 else coords
+        point_labels = point_labels[None] if point_labels.ndim == 1 else point_labels
+        if coords.ndim != 3 or coords.shape[0] != 1 or coords.shape[2] != 2:
+            raise ValueError(f"points must be [N, 2] (x, y), got shape {np.shape(points)}")
+        if point_labels.shape != coords.shape[:2]:
+            raise ValueError(f"labels must be [N] for {coords.shape[1]} points, got shape {np.shape(labels)}")
+        bad = set(np.unique(point_labels).tolist()) - _VALID_LABELS
+        if bad:
+            raise ValueError(f"labels must be 1 (foreground) or 0 (background) (2/3: box corners), got {sorted(bad)}")
+        if box is not None:
+            if not clear_old_points:
+                # sam2: a box must come before any click, so it cannot be added to earlier clicks
+                raise ValueError("a box cannot be added to old points; use clear_old_points=True")
+            box = np.asarray(box, np.float32)
+            if box.size != 4:
+                raise ValueError(f"box must be (x0, y0, x1, y1), got shape {box.shape}")
+            coords = np.concatenate([box.reshape(1, 2, 2), coords], axis=1)
+            point_labels = np.concatenate([np.asarray([[2, 3]], np.int32), point_labels], axis=1)
+        width, height = (state.video_width, state.video_height) if normalize_coords else (1.0, 1.0)
+        outside = (coords < 0).any(-1) | (coords[..., 0] > width) | (coords[..., 1] > height)
+        if outside.any():
+            x, y = coords[outside][0]
+            where = f"the {width}x{height} frame" if normalize_coords else "[0, 1] (normalize_coords=False)"
+            raise ValueError(f"prompt ({x:g}, {y:g}) lies outside {where}")
+        if normalize_coords:
+            coords = coords / np.asarray([width, height], np.float32)
+        return coords * np.float32(self.image_size), point_labels
+
+    def _image_features(self, state: InferenceState, frame_idx: int) -> BackboneFeatures:
+        cache = state.cached_features
+        if frame_idx in cache:
+            cache.move_to_end(frame_idx)
+            return cache[frame_idx]
+        features = self.steps.encode_frame(jnp.asarray(state.frames[frame_idx]))
+        cache[frame_idx] = features
+        if len(cache) > self.feature_cache_size:
+            cache.popitem(last=False)
+        return features
+
+    def _memory_capacity(self, state: InferenceState) -> tuple[int, int]:
+        """Memory slots for the most conditioning frames any object has, rounded up to a power of two so that
+        adding conditioning frames rarely changes the compiled shapes."""
+        most = max([len(obj.cond_outputs) for obj in state.objects] + [1])
+        return memory_capacity(self.config, 1 << (most - 1).bit_length())
+
+    def _object_memory(
+        self, state: InferenceState, obj: ObjectState, frame_idx: int, reverse: bool, capacity: tuple[int, int]
+    ) -> MemoryInputs:
+        """The object's memory for tracking `frame_idx` (batch 1), chosen by sam2's rules, packed to `capacity`."""
+        selection = select_memory(
+            self.config, frame_idx, list(obj.cond_outputs), obj.non_cond_outputs.keys(), state.num_frames, reverse
+        )
+        emb = self.config.image_embedding_size
+        return pack_memory(
+            self.config,
+            selection,
+            lambda t: obj.memory_output(t).maskmem_features,
+            lambda t: obj.memory_output(t).obj_ptr,
+            capacity,
+            (1, emb, emb),
+        )
+
+    def _run_prompted_frame(
+        self,
+        state: InferenceState,
+        obj: ObjectState,
+        frame_idx: int,
+        is_init_cond_frame: bool,
+        reverse: bool,
+        prompts: Prompts,
+        prev_logits: np.ndarray | None,
+    ) -> FrameOutput:
+        mask_as_output = prompts.mask_inputs is not None and self.config.use_mask_input_as_output_without_sam
+        memory = None
+        if not (is_init_cond_frame or mask_as_output):
+            memory = self._object_memory(state, obj, frame_idx, reverse, self._memory_capacity(state))
+        prev = None if prev_logits is None else jnp.asarray(prev_logits)
+        features = self._image_features(state, frame_idx)
+        out = self.steps.prompt_frame(features, memory, prompts, prev, is_init_cond_frame)
+        return self._frame_output(self._to_host(state, out), 0)
+
+    def _track_all_objects(self, state: InferenceState, frame_idx: int, reverse: bool) -> StepOutputs:
+        capacity = self._memory_capacity(state)
+        memories = [self._object_memory(state, obj, frame_idx, reverse, capacity) for obj in state.objects]
+        memory = jax.tree.map(lambda *xs: jnp.stack(xs), *memories)
+        return self._to_host(state, self.steps.track_objects(self._image_features(state, frame_idx), memory))
+
+    def _to_host(self, state: InferenceState, outputs: StepOutputs) -> StepOutputs:
+        """Step outputs as numpy, memory features cast to the session's storage dtype on the device first."""
+        if outputs.maskmem_features is not None:
+            outputs = outputs.replace(maskmem_features=outputs.maskmem_features.astype(state.memory_dtype))
+        return jax.device_get(outputs)
+
+    def _frame_output(self, outputs: StepOutputs, index: int) -> FrameOutput:
+        """Object `index` of host step outputs, with sam2's hole filling on the stored low-res logits."""
+        pred_masks = np.asarray(outputs.pred_masks[index : index + 1], np.float32)
+        if self.fill_hole_area > 0:
+            pred_masks = fill_holes_in_mask_scores(pred_masks, self.fill_hole_area)
+        maskmem = outputs.maskmem_features
+        return FrameOutput(
+            pred_masks=pred_masks,
+            obj_ptr=np.asarray(outputs.obj_ptr[index : index + 1]),
+            object_score_logits=np.asarray(outputs.object_score_logits[index : index + 1]),
+            maskmem_features=None if maskmem is None else np.asarray(maskmem[index : index + 1]),
+        )
+
+    def _encode_prompted_memory(self, state: InferenceState, frame_idx: int, out: FrameOutput) -> np.ndarray:
+        features = self._image_features(state, frame_idx)
+        maskmem = self.steps.encode_memory(
+            features, jnp.asarray(out.pred_masks), jnp.asarray(out.object_score_logits)
+        )
+        return np.asarray(jax.device_get(maskmem.astype(state.memory_dtype)))
+
+    def _consolidated_output(self, state: InferenceState, frame_idx: int, is_cond: bool) -> np.ndarray:
+        """Every object's newest logits on a frame at video resolution; objects without one get NO_OBJ_SCORE."""
+        low_res = self.image_size // 4
+        logits = np.full((len(state.objects), 1, low_res, low_res), NO_OBJ_SCORE, np.float32)
+        for i, obj in enumerate(state.objects):
+            out = obj.latest_output(frame_idx, is_cond)
+            if out is not None:
+                logits[i] = out.pred_masks[0]
+        return self._video_resolution(state, logits)
+
+    def _video_resolution(self, state: InferenceState, logits: np.ndarray) -> np.ndarray:
+        video_size = (state.video_height, state.video_width)
+        return np.asarray(to_video_resolution(jnp.asarray(logits), video_size, self.non_overlap_masks))
+
+
+def build_video_predictor(
+    model_name: str,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    params: dict | None = None,
+    fill_hole_area: int = 8,
+    non_overlap_masks: bool = False,
+    add_all_frames_to_correct_as_cond: bool = False,
+    memory_dtype=jnp.bfloat16,
+    feature_cache_size: int = 4,
+    frame_cache_size: int = 2,
+    **config_overrides,
+) -> VideoPredictor:
+    """sam2's `build_sam2_video_predictor`: the named model with the video-predictor settings (stability-based
+    multimask fallback, binarised click masks in memory, hole filling 8) and `config_overrides` (e.g.
+    `image_size=512`). Weights come from `checkpoint` (an official .pt or an orbax directory) or `params`."""
+    if (checkpoint is None) == (params is None):
+        raise ValueError("give exactly one of checkpoint (a .pt file or orbax directory) or params")
+    config = get_model_config(model_name, **{**VIDEO_PREDICTOR_OVERRIDES, **config_overrides})
+    if params is None:
+        params = load_checkpoint(checkpoint, config)
+    return VideoPredictor(
+        config,
+        params,
+        fill_hole_area=fill_hole_area,
+        non_overlap_masks=non_overlap_masks,
+        add_all_frames_to_correct_as_cond=add_all_frames_to_correct_as_cond,
+        memory_dtype=memory_dtype,
+        feature_cache_size=feature_cache_size,
+        frame_cache_size=frame_cache_size,
+    )
