@@ -64,11 +64,20 @@ def resize_bilinear_nchw(x: jax.Array, size: Sequence[int]) -> jax.Array:
 
 
 def resize_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:
-    """PyTorch's legacy `mode="nearest"` on `[..., H, W, C]`: source index = floor(dst * in / out)."""
+    """PyTorch's legacy `mode="nearest"` on `[..., H, W, C]`: source index = floor(dst * (in / out)).
+
+    The scale is a float32 as in PyTorch's kernel; in float64 a few size pairs (e.g. 2 -> 82) round differently.
+    """
     in_h, in_w = x.shape[-3], x.shape[-2]
-    rows = np.minimum(np.floor(np.arange(size[0]) * (in_h / size[0])).astype(np.int32), in_h - 1)
-    cols = np.minimum(np.floor(np.arange(size[1]) * (in_w / size[1])).astype(np.int32), in_w - 1)
+    rows = _nearest_source_index(in_h, int(size[0]))
+    cols = _nearest_source_index(in_w, int(size[1]))
     return x[..., rows, :, :][..., cols, :]
+
+
+def _nearest_source_index(in_size: int, out_size: int) -> np.ndarray:
+    scale = np.float32(in_size) / np.float32(out_size)
+    index = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int32)
+    return np.minimum(index, in_size - 1)
 
 
 def drop_path(x: jax.Array, rate: float, deterministic: bool, rng: jax.Array | None) -> jax.Array:

@@ -23,7 +23,7 @@ from robotseg_jax.modeling.common import resize_bilinear_nchw
 LOSS_KEYS = ("loss_mask", "loss_dice", "loss_iou", "loss_class")
 LET_KEYS = (*LOSS_KEYS, "loss_semantic", "loss_patch", "loss_structure")
 # LET's semantic/patch terms compare masks and features on the stride-16 grid (64x64 at 1024).
-SEMANTIC_EPS, PATCH_EPS, STRUCTURE_EPS = 1e-6, 1e-6, 1e-6
+SEMANTIC_EPS, PATCH_EPS = 1e-6, 1e-6
 
 
 @flax.struct.dataclass
@@ -210,12 +210,6 @@ def structure_loss(structure_logits: jax.Array, structure_target: jax.Array) -> 
     return jnp.mean(jnp.abs(jax.nn.sigmoid(structure_logits) - structure_target[:, None]))
 
 
-def normalized_laplacian_target(laplacian: jax.Array) -> jax.Array:
-    """Spec 4.4: Y = |L| / (max over H, W of |L| + eps), per sample, for a [N, H, W] Laplacian response."""
-    magnitude = jnp.abs(laplacian)
-    return magnitude / (magnitude.max(axis=(-2, -1), keepdims=True) + STRUCTURE_EPS)
-
-
 def let_loss(
     stages: Sequence[LETStage],
     targets: jax.Array,
@@ -226,7 +220,7 @@ def let_loss(
     """MultiStepMultiMasksAndIous_LET over a clip (spec 4.4): per-term sums over stages and the weighted total.
 
     targets: [T, N, H, W] (GT on the first and last stage, pseudo masks between); structure_target: [N, H, W]
-    normalised Laplacian of the last stage's target (`normalized_laplacian_target`), needed when T > 1.
+    normalised Laplacian of the last stage's target (`edges.laplacian_structure_target`), needed when T > 1.
     Roles: cycle terms (SAM 2's mask/dice/IoU/class, best mask by 5*focal + dice, IoU at that mask) on the first
     and last stage; semantic and patch terms on the stages between; the structure term on the last stage.
     """
