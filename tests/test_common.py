@@ -8,7 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robotseg_jax.modeling.common import resize_bilinear, resize_bilinear_nchw, resize_nearest
+from robotseg_jax.modeling.common import (
+    resize_bilinear,
+    resize_bilinear_nchw,
+    resize_nearest,
+)
 from tests.reference import max_abs_diff, nchw_to_nhwc
 
 SIZES = [((7, 9), (64, 48)), ((64, 64), (16, 16)), ((1024, 1024), (64, 64)), ((5, 3), (13, 2)), ((2, 2), (82, 3))]

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from robotseg_jax.training import losses
 
 
-
 def _random_step(n: int, m: int, size: int, rng: np.random.Generator) -> losses.StepOutputs:
     return losses.StepOutputs(
         multimasks=jnp.asarray(rng.normal(0, 3, (n, m, size, size)), jnp.float32),

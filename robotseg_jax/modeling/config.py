@@ -7,6 +7,7 @@ configs under `configs/` pick a model by name and apply overrides with `dataclas
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,26 @@ class SAM2Config:
         return self.image_size // self.backbone_stride
 
 
+@dataclasses.dataclass(frozen=True)
+class RobotSegConfig(SAM2Config):
+    """RobotSeg (spec §3.1, `robotseg-infer.yaml`): every SAM 2.1-T value, plus SEMA, RPG and the class token.
+
+    The last three fields are fixes of the original's quirks (spec §7), off by default so that official
+    checkpoints behave as in PyTorch.
+    """
+
+    name: str = "robotseg_hiera_t"
+    object_token_num: int = 3  # RPG tokens per memory frame (robot_prompt_generator.object_token_num)
+    structure_strength_init: float = 1.0  # SEMA's alpha at initialisation (constructor default, spec §1.2)
+    # SEMA's edge map of the [0, 1] RGB frame instead of the ImageNet-normalised model input (spec §1.3, §7.1).
+    edges_from_rgb: bool = False
+    # Canny NMS tie rule: "strict" (spec §1.3) or "opencv" (the installed kornia 0.9.0), see edges.canny_magnitude.
+    edge_nms_ties: Literal["strict", "opencv"] = "strict"
+    # RPG's FPS start (spec §7.3): None draws a fresh seed per video session, as the unseeded original does;
+    # an int makes every session reproducible. Read by the video predictor; training brings its own keys.
+    rpg_seed: int | None = None
+
+
 _HIERA = {
     "t": HieraConfig(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), global_att_blocks=(5, 7, 9)),
     "s": HieraConfig(embed_dim=96, num_heads=1, stages=(1, 2, 11, 2), global_att_blocks=(7, 10, 13)),
@@ -124,11 +145,14 @@ for _size, _hiera in _HIERA.items():
     MODEL_CONFIGS[f"sam2.1_hiera_{_size}"] = SAM2Config(name=f"sam2.1_hiera_{_size}", hiera=_hiera)
     MODEL_CONFIGS[f"sam2_hiera_{_size}"] = SAM2Config(name=f"sam2_hiera_{_size}", hiera=_hiera, **_SAM2_0_FLAGS)
 
-# The yaml file of the reference package for each model, used by tests and the converter's error messages.
+# The yaml file of the reference package for each SAM 2 model, used by tests.
 REFERENCE_YAML = {
     name: (f"configs/sam2.1/{name}.yaml" if name.startswith("sam2.1") else f"configs/sam2/{name}.yaml")
     for name in MODEL_CONFIGS
 }
+
+# RobotSeg is SAM 2.1 Hiera-T with the additions (spec §3.1); its PyTorch release is robotseg.pt.
+MODEL_CONFIGS["robotseg_hiera_t"] = RobotSegConfig(name="robotseg_hiera_t", hiera=_HIERA["t"])
 
 # What sam2's `build_sam2_video_predictor` overrides on top of the yaml.
 VIDEO_PREDICTOR_OVERRIDES = dict(
@@ -144,7 +168,7 @@ def get_model_config(name: str, **overrides) -> SAM2Config:
     config = MODEL_CONFIGS[name]
     hiera_overrides = {k[len("hiera_") :]: v for k, v in overrides.items() if k.startswith("hiera_")}
     other = {k: v for k, v in overrides.items() if not k.startswith("hiera_")}
-    unknown = set(other) - {f.name for f in dataclasses.fields(SAM2Config)}
+    unknown = set(other) - {f.name for f in dataclasses.fields(config)}
     if unknown:
         raise ValueError(f"Unknown config overrides {sorted(unknown)} for {name}")
     if hiera_overrides:

@@ -32,6 +32,8 @@ class MemoryInputs:
     obj_ptr_tpos: [P] float32 temporal distance of each pointer (signed or absolute, as configured).
     obj_ptr_valid: [P] bool.
     tpos_scale: [] float32 the normaliser of the pointer distances, max(1, min(num_frames, max_ptrs) - 1).
+    maskmem_foreground: [S, B, h, w] bool, each slot's predicted foreground on the memory grid (RobotSeg's RPG,
+        spec §1.4: `rpg.foreground_on_memory_grid` of the frame's stored low-res logits); None for SAM 2.
     """
 
     maskmem_features: jax.Array
@@ -41,6 +43,7 @@ class MemoryInputs:
     obj_ptr_tpos: jax.Array
     obj_ptr_valid: jax.Array
     tpos_scale: jax.Array
+    maskmem_foreground: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,11 +144,13 @@ def pack_memory(
     capacity: tuple[int, int],
     feature_shape: tuple[int, int, int],
     dtype=jnp.float32,
+    foreground_of: Callable[[int], jax.Array] | None = None,
 ) -> MemoryInputs:
     """Packs a selection into fixed-capacity `MemoryInputs`.
 
     `maskmem_of(frame)` returns that frame's `[B, h, w, mem_dim]` memory features and `obj_ptr_of(frame)` its
-    `[B, C]` pointer. `feature_shape` is `(B, h, w)`. Works on concrete arrays (predictor) and tracers (training).
+    `[B, C]` pointer; for RobotSeg, `foreground_of(frame)` its `[B, h, w]` bool foreground on the memory grid.
+    `feature_shape` is `(B, h, w)`. Works on concrete arrays (predictor) and tracers (training).
     """
     num_slots, num_ptrs = capacity
     if len(selection.spatial) > num_slots or len(selection.pointers) > num_ptrs:
@@ -161,6 +166,11 @@ def pack_memory(
     ptrs = [obj_ptr_of(t).astype(dtype) for t, _ in selection.pointers]
     ptrs += [jnp.zeros((batch, config.d_model), dtype)] * (num_ptrs - len(ptrs))
     ptr_tpos = [d for _, d in selection.pointers] + [0] * (num_ptrs - len(selection.pointers))
+    foreground = None
+    if foreground_of is not None:
+        foreground = [foreground_of(t).astype(bool) for t, _ in selection.spatial]
+        foreground += [jnp.zeros((batch, h, w), bool)] * (num_slots - len(foreground))
+        foreground = jnp.stack(foreground) if foreground else jnp.zeros((0, batch, h, w), bool)
     return MemoryInputs(
         maskmem_features=jnp.stack(feats) if feats else jnp.zeros((0, batch, h, w, config.mem_dim), dtype),
         maskmem_tpos_index=jnp.asarray(np.asarray(tpos_index, np.int32)),
@@ -169,4 +179,5 @@ def pack_memory(
         obj_ptr_tpos=jnp.asarray(np.asarray(ptr_tpos, np.float32)),
         obj_ptr_valid=jnp.asarray(np.arange(num_ptrs) < len(selection.pointers)),
         tpos_scale=jnp.asarray(selection.tpos_scale, jnp.float32),
+        maskmem_foreground=foreground,
     )

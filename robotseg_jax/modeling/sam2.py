@@ -111,28 +111,8 @@ class SAM2Model(nn.Module):
             input_image_size=(cfg.image_size, cfg.image_size),
             mask_in_chans=16,
         )
-        self.sam_mask_decoder = MaskDecoder(
-            transformer_dim=cfg.d_model,
-            num_multimask_outputs=3,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-            use_high_res_features=cfg.use_high_res_features_in_sam,
-            iou_prediction_use_sigmoid=cfg.iou_prediction_use_sigmoid,
-            pred_obj_scores=cfg.pred_obj_scores,
-            pred_obj_scores_mlp=cfg.pred_obj_scores_mlp,
-            use_multimask_token_for_obj_ptr=cfg.use_multimask_token_for_obj_ptr,
-            dynamic_multimask_via_stability=cfg.dynamic_multimask_via_stability,
-            dynamic_multimask_stability_delta=cfg.dynamic_multimask_stability_delta,
-            dynamic_multimask_stability_thresh=cfg.dynamic_multimask_stability_thresh,
-        )
-        self.memory_attention = MemoryAttention(
-            d_model=cfg.d_model,
-            num_layers=cfg.num_mem_attn_layers,
-            dim_feedforward=cfg.mem_attn_dim_feedforward,
-            dropout=cfg.mem_attn_dropout,
-            kv_in_dim=cfg.mem_dim,
-            rope_theta=cfg.rope_theta,
-        )
+        self.sam_mask_decoder = self.make_mask_decoder()
+        self.memory_attention = self.make_memory_attention()
         self.memory_encoder = MemoryEncoder(out_dim=cfg.mem_dim, in_dim=cfg.d_model, fuser_num_layers=cfg.fuser_num_layers)
         trunc = nn.initializers.truncated_normal(0.02)
         self.maskmem_tpos_enc = self.param("maskmem_tpos_enc", trunc, (cfg.num_maskmem, 1, 1, cfg.mem_dim))
@@ -150,6 +130,39 @@ class SAM2Model(nn.Module):
             self.mask_downsample = nn.Conv(1, (4, 4), strides=(4, 4), padding="VALID")
         if cfg.proj_tpos_enc_in_obj_ptrs:
             self.obj_ptr_tpos_proj = nn.Dense(cfg.mem_dim)
+
+    # Hooks for a subclass (RobotSeg) that swaps in extended modules under the same names.
+    def make_mask_decoder(self, decoder_class: type[MaskDecoder] = MaskDecoder, **extra) -> MaskDecoder:
+        cfg = self.config
+        return decoder_class(
+            transformer_dim=cfg.d_model,
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+            use_high_res_features=cfg.use_high_res_features_in_sam,
+            iou_prediction_use_sigmoid=cfg.iou_prediction_use_sigmoid,
+            pred_obj_scores=cfg.pred_obj_scores,
+            pred_obj_scores_mlp=cfg.pred_obj_scores_mlp,
+            use_multimask_token_for_obj_ptr=cfg.use_multimask_token_for_obj_ptr,
+            dynamic_multimask_via_stability=cfg.dynamic_multimask_via_stability,
+            dynamic_multimask_stability_delta=cfg.dynamic_multimask_stability_delta,
+            dynamic_multimask_stability_thresh=cfg.dynamic_multimask_stability_thresh,
+            **extra,
+        )
+
+    def make_memory_attention(
+        self, attention_class: type[MemoryAttention] = MemoryAttention, **extra
+    ) -> MemoryAttention:
+        cfg = self.config
+        return attention_class(
+            d_model=cfg.d_model,
+            num_layers=cfg.num_mem_attn_layers,
+            dim_feedforward=cfg.mem_attn_dim_feedforward,
+            dropout=cfg.mem_attn_dropout,
+            kv_in_dim=cfg.mem_dim,
+            rope_theta=cfg.rope_theta,
+            **extra,
+        )
 
     # ------------------------------------------------------------------ image
     def forward_image(self, images: jax.Array, deterministic: bool = True) -> BackboneFeatures:
@@ -178,10 +191,10 @@ class SAM2Model(nn.Module):
         mask_inputs: jax.Array | None,
         high_res_features: tuple,
         multimask_output: bool,
-        extra_tokens: jax.Array | None = None,
-        extra_token_mask: jax.Array | None = None,
+        **decoder_inputs,
     ) -> SamHeadOutputs:
-        """SAM2Base._forward_sam_heads. `mask_inputs` is [B, 1, H', W'] logits/probabilities, or None."""
+        """SAM2Base._forward_sam_heads. `mask_inputs` is [B, 1, H', W'] logits/probabilities, or None.
+        `decoder_inputs` go to the mask decoder as keywords (RobotSeg's category and object tokens)."""
         cfg = self.config
         batch = backbone_features.shape[0]
         if point_coords is None:
@@ -204,8 +217,7 @@ class SAM2Model(nn.Module):
             multimask_output=multimask_output,
             repeat_image=False,
             high_res_features=list(high_res_features) if high_res_features else None,
-            extra_tokens=extra_tokens,
-            extra_token_mask=extra_token_mask,
+            **decoder_inputs,
         )
         is_obj_appearing = object_score_logits > 0
         if cfg.pred_obj_scores:
@@ -379,7 +391,6 @@ class SAM2Model(nn.Module):
         clicks). Training-mode behaviour (memory selection stride 1, no binarisation) follows `deterministic=False`.
         """
         cfg = self.config
-        training = not deterministic
         _check_prompts(prompts, features.vision_feats.shape[0])
         num_points = 0 if prompts.point_labels is None else prompts.point_labels.shape[1]
         if prompts.mask_inputs is not None and cfg.use_mask_input_as_output_without_sam:
@@ -388,23 +399,22 @@ class SAM2Model(nn.Module):
             if not is_init_cond_frame and memory is None:
                 raise ValueError("A frame that is not an initial conditioning frame needs a memory bank")
             pix_feat = self.condition_on_memory(features, None if is_init_cond_frame else memory, deterministic)
-            mask_inputs = prompts.mask_inputs
-            if mask_inputs is not None:
-                mask_inputs = mask_inputs[:, None]
-            if prev_sam_mask_logits is not None:
-                if prompts.point_labels is None or mask_inputs is not None:
-                    raise ValueError("prev_sam_mask_logits goes with new clicks and no mask input")
-                mask_inputs = prev_sam_mask_logits
             heads = self._forward_sam_heads(
                 pix_feat,
                 prompts.point_coords,
                 prompts.point_labels,
-                mask_inputs,
+                sam_mask_inputs(prompts, prev_sam_mask_logits),
                 features.high_res_features,
                 use_multimask(cfg, is_init_cond_frame, num_points),
             )
+        return self._track_outputs(features, prompts, heads, run_mem_encoder, training=not deterministic)
+
+    def _track_outputs(
+        self, features: BackboneFeatures, prompts: Prompts, heads: SamHeadOutputs, run_mem_encoder: bool, training: bool
+    ) -> TrackOutputs:
+        """The end of track_step: the memory encoder (if asked) on the frame's prediction, and the outputs."""
         maskmem = None
-        if run_mem_encoder and cfg.num_maskmem > 0:
+        if run_mem_encoder and self.config.num_maskmem > 0:
             maskmem = self.encode_new_memory(
                 features, heads.high_res_masks, heads.object_score_logits, prompts.point_labels is not None, training
             )
@@ -436,6 +446,17 @@ class SAM2Model(nn.Module):
             tpos_scale=jnp.ones((), jnp.float32),
         )
         return self.track_step(features, memory, Prompts())
+
+
+def sam_mask_inputs(prompts: Prompts, prev_sam_mask_logits: jax.Array | None) -> jax.Array | None:
+    """The decoder's mask prompt `[B, 1, H', W']` on a frame decoded by SAM: the prompt mask, or the previous
+    logits that come with correction clicks (sam2's predictor), or None."""
+    mask_inputs = None if prompts.mask_inputs is None else prompts.mask_inputs[:, None]
+    if prev_sam_mask_logits is not None:
+        if prompts.point_labels is None or mask_inputs is not None:
+            raise ValueError("prev_sam_mask_logits goes with new clicks and no mask input")
+        mask_inputs = prev_sam_mask_logits
+    return mask_inputs
 
 
 def _resize_antialias(x: jax.Array, size: tuple[int, int]) -> jax.Array:

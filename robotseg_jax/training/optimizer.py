@@ -130,7 +130,7 @@ def make_optimizer(params, config: OptimizerConfig) -> optax.GradientTransformat
     """
     multipliers = lr_multipliers(params, config)
     trainable = jax.tree.map(lambda m: m != 0.0, multipliers)
-    schedule = lambda step: -config.base_lr * cosine_factor(step, config.total_steps, config.end_lr_ratio)  # noqa: E731
+    schedule = lambda step: -config.base_lr * cosine_factor(step, config.total_steps, config.end_lr_ratio)
     labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
     inner = optax.chain(
         # Clipping and Adam see the trainable parameters only, as torch's clip_grad_norm_ and AdamW over the
