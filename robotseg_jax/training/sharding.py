@@ -1,0 +1,84 @@
+"""Device mesh and shardings for training (DESIGN.md principle 3).
+
+The mesh has two axes: `data` (pure data parallelism) and `fsdp` (data parallelism whose devices also split the
+parameters and optimizer state). The batch is split over both axes. Parameters are replicated unless a regex rule
+on their PyTorch name (`torch_keys.flax_path_to_torch_key`) asks for FSDP: then their largest dimension that the
+`fsdp` axis divides is split over it, and XLA inserts the all-gathers and reduce-scatters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from robotseg_jax.checkpoints.torch_keys import flax_path_to_torch_key
+
+DATA_AXES = ("data", "fsdp")
+# Parameters smaller than this stay replicated under FSDP: splitting them saves nothing and costs a collective.
+MIN_FSDP_SIZE = 2**14
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp) mesh over `devices` (default: all). -1 for `data` takes the devices that fsdp leaves."""
+    devices = list(jax.devices() if devices is None else devices)
+    if fsdp < 1 or len(devices) % fsdp:
+        raise ValueError(f"fsdp={fsdp} must divide the {len(devices)} devices")
+    if data == -1:
+        data = len(devices) // fsdp
+    if data * fsdp != len(devices):
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} does not cover the {len(devices)} devices")
+    return Mesh(np.asarray(devices).reshape(data, fsdp), DATA_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over every device of the mesh, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def fsdp_spec(shape: Sequence[int], fsdp_size: int) -> PartitionSpec:
+    """Splits the largest dimension that `fsdp_size` divides; replicated when none does or the array is small."""
+    if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_FSDP_SIZE:
+        return PartitionSpec()
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % fsdp_size == 0:
+            return PartitionSpec(*([None] * axis), "fsdp")
+    return PartitionSpec()
+
+
+def param_shardings(params, mesh: Mesh, fsdp_rules: Sequence[str] = (".*",)):
+    """A tree like `params` of NamedShardings: FSDP for the parameters whose PyTorch name matches a rule."""
+    patterns = [re.compile(rule) for rule in fsdp_rules]
+    fsdp_size = mesh.shape["fsdp"]
+
+    def sharding(path, leaf) -> NamedSharding:
+        key = flax_path_to_torch_key(path)
+        if any(p.fullmatch(key) for p in patterns):
+            return NamedSharding(mesh, fsdp_spec(np.shape(leaf), fsdp_size))
+        return replicated(mesh)
+
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({path: sharding(path, leaf) for path, leaf in flat.items()})
+
+
+def shard_params(params, mesh: Mesh, fsdp_rules: Sequence[str] = (".*",)):
+    """Places host params on the mesh (see `param_shardings`)."""
+    return jax.device_put(params, param_shardings(params, mesh, fsdp_rules))
+
+
+def init_sharded(init_fn, params, mesh: Mesh):
+    """`init_fn(params)` (e.g. an optax `init`) on the mesh: leaves derived from a parameter (Adam's moments) keep
+    its sharding by propagation; the rest (step counts, constants) are replicated instead of left on one device."""
+    state = jax.jit(init_fn)(params)
+    return jax.tree.map(
+        lambda leaf: leaf if isinstance(leaf.sharding, NamedSharding) else jax.device_put(leaf, replicated(mesh)),
+        state,
+    )
