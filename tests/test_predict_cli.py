@@ -63,7 +63,10 @@ def test_mask_prompt_is_the_first_frames_output(video_dir, checkpoint, tmp_path)
     Image.fromarray(mask).save(tmp_path / "prompt.png")
     assert predict.main(_args(video_dir, checkpoint, tmp_path / "out", "--mask", str(tmp_path / "prompt.png"))) == 0
     with Image.open(tmp_path / "out" / "masks" / "00000.png") as first:
-        assert np.array_equal(np.array(first), mask)  # add_new_mask uses the mask itself as the output
+        output = np.array(first) > 0
+    # A mask prompt is the frame's output (sam2's mask-as-output), up to its trip through the low-res logits.
+    prompt = mask > 0
+    assert (output & prompt).sum() / (output | prompt).sum() > 0.85
     assert len(os.listdir(tmp_path / "out" / "masks")) == NUM_FRAMES
 
 

@@ -54,7 +54,7 @@ class VideoFrames:
         self.width = width
         self.image_size = image_size
         self.description = description
-        self._read_frame = read_frame
+        self.read_frame = read_frame  # the original frame as a PIL image (overlays need it)
         self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._cache_size = max(1, cache_size)
 
@@ -67,7 +67,7 @@ class VideoFrames:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        frame = preprocess_frame(self._read_frame(index), self.image_size)
+        frame = preprocess_frame(self.read_frame(index), self.image_size)
         self._cache[index] = frame
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
