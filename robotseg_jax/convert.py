@@ -2,6 +2,13 @@
 
     python -m robotseg_jax.convert --from-torch sam2.1_hiera_tiny.pt --model sam2.1_hiera_t --out DIR
     python -m robotseg_jax.convert --to-torch --model sam2.1_hiera_t --from DIR --out back.pt
+
+RobotSeg (`--model robotseg_hiera_t`) converts the same way from its release `robotseg.pt`. To start RobotSeg
+from a SAM 2.1 checkpoint, as its training does, add `--init-from-sam2`: the SAM 2.1 weights are loaded and only
+RobotSeg's new parameters are initialised (PyTorch's defaults, from `--seed`). Without the flag a checkpoint
+that lacks keys is an error, so nothing is ever filled in by accident.
+
+    python -m robotseg_jax.convert --from-torch sam2.1_hiera_tiny.pt --model robotseg_hiera_t --init-from-sam2 --out DIR
 """
 
 from __future__ import annotations
@@ -9,9 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+import jax
+
 from robotseg_jax.checkpoints import convert
-from robotseg_jax.checkpoints.torch_keys import count_params, flax_to_torch
-from robotseg_jax.modeling.config import MODEL_CONFIGS, get_model_config
+from robotseg_jax.checkpoints.torch_keys import BUFFER_KEYS, count_params, flax_to_torch
+from robotseg_jax.modeling.config import MODEL_CONFIGS, RobotSegConfig, get_model_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,13 +31,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, choices=sorted(MODEL_CONFIGS), help="model name")
     parser.add_argument("--from", dest="source", metavar="DIR", help="orbax checkpoint directory (with --to-torch)")
     parser.add_argument("--out", required=True, help="output orbax directory (--from-torch) or .pt file (--to-torch)")
+    parser.add_argument(
+        "--init-from-sam2",
+        action="store_true",
+        help="with --from-torch and a RobotSeg model: read a SAM 2.1 checkpoint, initialise the new parameters",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed of --init-from-sam2's fresh parameters")
     args = parser.parse_args(argv)
     config = get_model_config(args.model)
+    if args.init_from_sam2 and not (args.from_torch and isinstance(config, RobotSegConfig)):
+        parser.error("--init-from-sam2 goes with --from-torch and a RobotSeg --model")
 
     if args.from_torch:
-        params = convert.torch_to_params(convert.load_torch_state_dict(args.from_torch), config)
+        state_dict = convert.load_torch_state_dict(args.from_torch)
+        if args.init_from_sam2:
+            params = convert.init_from_sam2(state_dict, config, jax.random.key(args.seed))
+        else:
+            params = convert.torch_to_params(state_dict, config)
         convert.save_params(args.out, params, config.name)
-        print(f"{args.from_torch} -> {args.out}: {config.name}, {count_params(params):,} parameters")
+        total, note = count_params(params), ""
+        if args.init_from_sam2:
+            loaded = sum(v.size for k, v in state_dict.items() if k not in BUFFER_KEYS)
+            note = f" ({total - loaded:,} initialised fresh)"
+        print(f"{args.from_torch} -> {args.out}: {config.name}, {total:,} parameters{note}")
     else:
         if not args.source:
             parser.error("--to-torch needs --from DIR")

@@ -12,7 +12,10 @@ import torch
 from flax import traverse_util
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-from robotseg_jax.checkpoints.torch_keys import CheckpointMismatchError, flax_path_to_torch_key
+from robotseg_jax.checkpoints.torch_keys import (
+    CheckpointMismatchError,
+    flax_path_to_torch_key,
+)
 from robotseg_jax.teacher import dinov3
 from robotseg_jax.teacher import dinov3_checkpoint as ckpt
 

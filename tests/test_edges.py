@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from robotseg_jax.data.sim.textures import random_texture
-from robotseg_jax.modeling.edges import canny_magnitude, edge_map, laplacian_structure_target, to_gray
+from robotseg_jax.modeling.edges import (
+    canny_magnitude,
+    edge_map,
+    laplacian_structure_target,
+    to_gray,
+)
 
 torch.set_grad_enabled(False)
 

@@ -17,7 +17,11 @@ from sam2.modeling.sam.mask_decoder import MaskDecoder as TorchMaskDecoder
 from sam2.modeling.sam.transformer import TwoWayTransformer as TorchTwoWayTransformer
 
 from robotseg_jax.checkpoints.torch_keys import flax_to_torch, torch_to_flax
-from robotseg_jax.modeling.mask_decoder import ROBOT_CATEGORIES, RobotMaskDecoder, robot_category_index
+from robotseg_jax.modeling.mask_decoder import (
+    ROBOT_CATEGORIES,
+    RobotMaskDecoder,
+    robot_category_index,
+)
 from tests.reference import max_abs_diff, nhwc_to_nchw, perturb_
 
 torch.set_grad_enabled(False)

@@ -18,7 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sam2.modeling.memory_attention import MemoryAttention as TorchMemoryAttention
-from sam2.modeling.memory_attention import MemoryAttentionLayer as TorchMemoryAttentionLayer
+from sam2.modeling.memory_attention import (
+    MemoryAttentionLayer as TorchMemoryAttentionLayer,
+)
 from sam2.modeling.sam.transformer import RoPEAttention as TorchRoPEAttention
 
 from robotseg_jax.checkpoints.torch_keys import flax_to_torch

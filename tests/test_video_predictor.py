@@ -25,7 +25,11 @@ from robotseg_jax.checkpoints import convert
 from robotseg_jax.inference import VideoPredictor, build_video_predictor
 from robotseg_jax.inference.postprocess import fill_holes_in_mask_scores
 from robotseg_jax.inference.video_io import open_video
-from robotseg_jax.modeling.config import REFERENCE_YAML, VIDEO_PREDICTOR_OVERRIDES, get_model_config
+from robotseg_jax.modeling.config import (
+    REFERENCE_YAML,
+    VIDEO_PREDICTOR_OVERRIDES,
+    get_model_config,
+)
 from robotseg_jax.modeling.sam2 import NO_OBJ_SCORE
 from tests.reference import max_abs_diff, perturb_
 

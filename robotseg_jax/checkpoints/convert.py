@@ -2,11 +2,13 @@
 
 A PyTorch checkpoint is `{"model": state_dict}` as Meta releases SAM 2.1 (and RobotSeg releases robotseg.pt).
 An orbax checkpoint directory holds the params and a `model.json` naming the model, so it cannot be loaded into
-the wrong architecture by accident.
+the wrong architecture by accident. `init_from_sam2` starts RobotSeg from a SAM 2.1 checkpoint, as its training
+does (spec §3.2): only RobotSeg's new parameters are initialised fresh.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -17,18 +19,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
-from robotseg_jax.checkpoints.torch_keys import CheckpointMismatchError, torch_to_flax
-from robotseg_jax.modeling.config import MODEL_CONFIGS, SAM2Config
-from robotseg_jax.modeling.sam2 import SAM2Model
+from robotseg_jax.checkpoints.torch_init import torch_default_init
+from robotseg_jax.checkpoints.torch_keys import (
+    CheckpointMismatchError,
+    flax_path_to_torch_key,
+    torch_to_flax,
+)
+from robotseg_jax.modeling.config import MODEL_CONFIGS, RobotSegConfig, SAM2Config
+from robotseg_jax.modeling.robotseg import build_model
 
 _MODEL_FILE = "model.json"
 _PARAMS_DIR = "params"
 
+# The state_dict keys RobotSeg adds to SAM 2.1 (spec §2); a SAM 2.1 checkpoint lacks exactly these.
+ROBOTSEG_NEW_KEYS = (
+    r"^memory_attention\.layers\.\d+\.(structure_strength$|cross_attn_structure\.|ms_pyramid\.|structure_head\.)",
+    r"^sam_mask_decoder\.robot_token_embedding\.weight$",
+    r"^robot_prompt_generator\.no_memory_prompt_embeddings_fg\.weight$",
+)
+_NEW_KEY = re.compile("|".join(ROBOTSEG_NEW_KEYS))
+
 
 def params_template(config: SAM2Config) -> dict:
-    """The shapes and dtypes of the model's params, without computing anything."""
-    model = SAM2Model(config)
+    """The shapes and dtypes of the model's params (`jax.ShapeDtypeStruct` leaves), without computing anything."""
+    return jax.tree.map(lambda leaf: leaf, _cached_template(config))  # fresh containers around the cached leaves
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_template(config: SAM2Config) -> dict:
+    # Tracing the whole model takes seconds, and every conversion of a checkpoint needs the template.
+    model = build_model(config)
     images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
     return jax.eval_shape(model.init, jax.random.key(0), images)["params"]
 
@@ -54,16 +76,20 @@ def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.P
 
 
 def guess_model_name(state_dict: Mapping[str, Any]) -> str | None:
-    """The named model whose trunk matches the checkpoint's (embed dim and block count), for error messages."""
+    """The named model whose trunk and family (SAM 2, SAM 2.1, RobotSeg) match the checkpoint's, for error
+    messages."""
     blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"image_encoder\.trunk\.blocks\.(\d+)\.", k))}
     embed = state_dict.get("image_encoder.trunk.patch_embed.proj.weight")
     if embed is None or not blocks:
         return None
+    if any(_NEW_KEY.search(k) for k in state_dict):
+        family = "robotseg"
+    else:
+        family = "sam2.1" if "no_obj_embed_spatial" in state_dict else "sam2_"
     for name, cfg in MODEL_CONFIGS.items():
-        if cfg.hiera.embed_dim == embed.shape[0] and sum(cfg.hiera.stages) == max(blocks) + 1:
-            is_2_1 = "no_obj_embed_spatial" in state_dict
-            if name.startswith("sam2.1") == is_2_1:
-                return name
+        same_trunk = cfg.hiera.embed_dim == embed.shape[0] and sum(cfg.hiera.stages) == max(blocks) + 1
+        if same_trunk and name.startswith(family):
+            return name
     return None
 
 
@@ -74,6 +100,10 @@ def torch_to_params(
     try:
         return torch_to_flax(state_dict, params_template(config), allow_missing=allow_missing, context=f"{config.name}")
     except CheckpointMismatchError as err:
+        only_new_missing = err.missing and all(_NEW_KEY.search(k) for k in err.missing)
+        if isinstance(config, RobotSegConfig) and only_new_missing and not (err.unexpected or err.mismatched):
+            hint = "a SAM 2.1 checkpoint: start RobotSeg from it with init_from_sam2, CLI --init-from-sam2"
+            raise CheckpointMismatchError(err.missing, (), (), context=f"{config.name} ({hint})") from None
         guess = guess_model_name(state_dict)
         if guess is not None and guess != config.name:
             raise CheckpointMismatchError(
@@ -81,6 +111,45 @@ def torch_to_params(
                 context=f"{config.name} (this checkpoint looks like {guess}: pass --model {guess})",
             ) from None
         raise
+
+
+def init_from_sam2(state_dict: Mapping[str, Any], config: RobotSegConfig, rng: jax.Array) -> dict:
+    """RobotSeg params from a SAM 2.1 state_dict (spec §2, §3.2): every SAM 2.1 key is loaded and exactly
+    RobotSeg's new keys (`ROBOTSEG_NEW_KEYS`) are initialised as the original initialises them: PyTorch's
+    defaults (`torch_default_init`), alpha = `config.structure_strength_init`, and one structure branch deep-copied
+    into all memory-attention layers, so the branches start identical.
+
+    The checkpoint must be SAM 2.1's: any RobotSeg key in it, or any other missing or unexpected key, is an error.
+    """
+    if not isinstance(config, RobotSegConfig):
+        raise TypeError(f"init_from_sam2 builds a RobotSeg model; {config.name} is not one")
+    present = sorted(k for k in state_dict if _NEW_KEY.search(k))
+    if present:
+        raise CheckpointMismatchError(
+            unexpected=present, context=f"{config.name} (init_from_sam2 takes a SAM 2.1 checkpoint; load a RobotSeg "
+            "checkpoint with torch_to_params)"
+        )
+    template = traverse_util.flatten_dict(params_template(config))
+    new = {path: leaf for path, leaf in template.items() if _NEW_KEY.search(flax_path_to_torch_key(path))}
+    alpha = {p for p in new if p[-1] == "structure_strength"}  # a module constant, no PyTorch default
+    numpy_rng = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist())
+    fresh = torch_default_init(
+        {p: leaf for p, leaf in new.items() if p not in alpha and _first_layer(p) == p}, numpy_rng
+    )
+    for path, leaf in new.items():
+        if path in alpha:
+            fresh[path] = np.full(leaf.shape, config.structure_strength_init, np.float32)
+        else:
+            fresh.setdefault(path, fresh[_first_layer(path)].copy())
+    merged = traverse_util.unflatten_dict({**template, **fresh})
+    return torch_to_flax(state_dict, merged, allow_missing=ROBOTSEG_NEW_KEYS, context=f"{config.name} from SAM 2.1")
+
+
+def _first_layer(path: tuple[str, ...]) -> tuple[str, ...]:
+    """`memory_attention/layers_i/...` -> `memory_attention/layers_0/...`: the structure branch every layer copies."""
+    if path[0] == "memory_attention" and re.fullmatch(r"layers_\d+", path[1]):
+        return (path[0], "layers_0", *path[2:])
+    return path
 
 
 def save_params(directory: str | os.PathLike, params: Any, model_name: str) -> None:
@@ -106,7 +175,6 @@ def load_params(directory: str | os.PathLike, config: SAM2Config | None = None) 
         raise ValueError(f"{directory} holds a {model_name} checkpoint, not {config.name}")
     restored = ocp.StandardCheckpointer().restore(os.path.join(directory, _PARAMS_DIR))
     return restored, model_name
-
 
 
 def load_checkpoint(path: str | os.PathLike, config: SAM2Config) -> dict:

@@ -5,6 +5,8 @@ every later frame (the memory bank is a fixed-capacity `MemoryInputs`). Prompted
 and branch (initial conditioning frame or correction, with or without the previous logits), as sam2's
 behaviour depends on them. Objects are the vmapped axis of the tracking step: each object brings its own
 memory selection (its own conditioning frames), while the frame's image features are shared, unbatched.
+A RobotSeg model's steps also take `RobotInputs`: the frame's model input (SEMA's edge map), each object's
+category and an RPG key; categories are data, so "no category" (-1) runs in the same programs.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from robotseg_jax.modeling.common import resize_bilinear_nchw
-from robotseg_jax.modeling.config import SAM2Config
+from robotseg_jax.modeling.config import RobotSegConfig, SAM2Config
 from robotseg_jax.modeling.memory_bank import MemoryInputs
+from robotseg_jax.modeling.robotseg import build_model
+from robotseg_jax.modeling.rpg import foreground_on_memory_grid
 from robotseg_jax.modeling.sam2 import BackboneFeatures, Prompts, SAM2Model
 
 
@@ -30,27 +34,43 @@ class StepOutputs:
     maskmem_features: jax.Array | None
 
 
+@flax.struct.dataclass
+class RobotInputs:
+    """RobotSeg's extra inputs of a step: image [1,H,W,3] the frame's model input, category [B] int32 (-1: none)
+    and rng, a PRNG key for RPG. For `track_objects`, category and rng carry a leading object axis ([O, 1] and
+    [O]), as the memory does; the image is shared like the features."""
+
+    image: jax.Array
+    category: jax.Array
+    rng: jax.Array
+
+
 class ModelSteps:
-    """Jitted `SAM2Model` calls bound to one set of params."""
+    """Jitted `SAM2Model` / `RobotSegModel` calls bound to one set of params."""
 
     def __init__(self, config: SAM2Config, params: dict):
         self.config = config
+        self.is_robotseg = isinstance(config, RobotSegConfig)
         self._variables = {"params": params}
-        self._model = SAM2Model(config)
+        self._model = build_model(config)
         self._encode = jax.jit(self._encode_impl)
         self._track = jax.jit(self._track_impl)
         self._prompt = jax.jit(self._prompt_impl, static_argnames=("is_init_cond_frame",))
         self._memory = jax.jit(self._memory_impl)
+        self._foreground = jax.jit(self._foreground_impl)
 
     # Public calls take and return device arrays; the predictor moves results to the host.
     def encode_frame(self, image: jax.Array) -> BackboneFeatures:
         """Backbone features of one normalised frame `[H, W, 3]` (batch 1)."""
         return self._encode(self._variables, image[None])
 
-    def track_objects(self, features: BackboneFeatures, memory: MemoryInputs) -> StepOutputs:
+    def track_objects(
+        self, features: BackboneFeatures, memory: MemoryInputs, robot: RobotInputs | None = None
+    ) -> StepOutputs:
         """Tracks O objects on a frame without prompts; `memory` leaves carry a leading object axis (each object
-        batch 1 inside). Runs the memory encoder. Outputs are `[O, ...]`."""
-        return self._track(self._variables, features, memory)
+        batch 1 inside). Runs the memory encoder. Outputs are `[O, ...]`. `robot` is given for RobotSeg only."""
+        self._check_robot_inputs(robot)
+        return self._track(self._variables, features, memory, robot)
 
     def prompt_frame(
         self,
@@ -59,11 +79,14 @@ class ModelSteps:
         prompts: Prompts,
         prev_sam_mask_logits: jax.Array | None,
         is_init_cond_frame: bool,
+        robot: RobotInputs | None = None,
     ) -> StepOutputs:
-        """One object's prompted frame (clicks or a mask), without the memory encoder (the predictor encodes
-        memory in the propagation preflight, as sam2 does)."""
+        """One object's prompted frame (clicks, a mask, or for RobotSeg a category alone), without the memory
+        encoder (the predictor encodes memory in the propagation preflight, as sam2 does)."""
+        self._check_robot_inputs(robot)
         return self._prompt(
-            self._variables, features, memory, prompts, prev_sam_mask_logits, is_init_cond_frame=is_init_cond_frame
+            self._variables, features, memory, prompts, prev_sam_mask_logits, robot,
+            is_init_cond_frame=is_init_cond_frame,
         )
 
     def encode_memory(
@@ -73,33 +96,45 @@ class ModelSteps:
         size and encoded as a mask from clicks (binarised when configured)."""
         return self._memory(self._variables, features, pred_masks, object_score_logits)
 
+    def memory_foreground(self, pred_masks: jax.Array) -> jax.Array:
+        """RPG's foreground of a stored frame (spec §1.4): its low-res logits `[B,1,4h,4w]` (after hole filling)
+        -> `[B,h,w]` bool on the memory grid."""
+        return self._foreground(pred_masks)
+
     # ------------------------------------------------------------------ jitted bodies
+    def _check_robot_inputs(self, robot: RobotInputs | None) -> None:
+        if (robot is not None) != self.is_robotseg:
+            raise ValueError(f"RobotInputs go with a RobotSeg model, and only with one ({self.config.name})")
+
     def _encode_impl(self, variables, images):
         return self._model.apply(variables, images, method=SAM2Model.forward_image)
 
-    def _outputs(self, out) -> StepOutputs:
+    def _track_step(self, variables, features, memory, prompts, robot, **kwargs) -> StepOutputs:
+        """`track_step` of the model (SAM2Model's or RobotSegModel's), reduced to what the predictor keeps."""
+        if robot is not None:
+            kwargs.update(raw_image=robot.image, robot_category=robot.category, rng=robot.rng)
+        out = self._model.apply(variables, features, memory, prompts, method="track_step", **kwargs)
         return StepOutputs(out.pred_masks, out.obj_ptr, out.object_score_logits, out.maskmem_features)
 
-    def _track_impl(self, variables, features, memory):
-        def one_object(object_memory):
-            out = self._model.apply(variables, features, object_memory, Prompts(), method=SAM2Model.track_step)
-            return self._outputs(out)
-
-        per_object = jax.vmap(one_object)(memory)  # leaves [O, 1, ...]
+    def _track_impl(self, variables, features, memory, robot):
+        one_object = lambda object_memory, object_robot: self._track_step(
+            variables, features, object_memory, Prompts(), object_robot
+        )
+        robot_axes = None if robot is None else RobotInputs(image=None, category=0, rng=0)
+        per_object = jax.vmap(one_object, in_axes=(0, robot_axes))(memory, robot)  # leaves [O, 1, ...]
         return jax.tree.map(lambda x: x[:, 0], per_object)
 
-    def _prompt_impl(self, variables, features, memory, prompts, prev_sam_mask_logits, is_init_cond_frame):
-        out = self._model.apply(
+    def _prompt_impl(self, variables, features, memory, prompts, prev_sam_mask_logits, robot, is_init_cond_frame):
+        return self._track_step(
             variables,
             features,
             memory,
             prompts,
+            robot,
             prev_sam_mask_logits=prev_sam_mask_logits,
             is_init_cond_frame=is_init_cond_frame,
             run_mem_encoder=False,
-            method=SAM2Model.track_step,
         )
-        return self._outputs(out)
 
     def _memory_impl(self, variables, features, pred_masks, object_score_logits):
         size = (self.config.image_size, self.config.image_size)
@@ -108,6 +143,10 @@ class ModelSteps:
             variables, features, high_res, object_score_logits, True, method=SAM2Model.encode_new_memory
         )
 
+    def _foreground_impl(self, pred_masks):
+        emb = self.config.image_embedding_size
+        return foreground_on_memory_grid(pred_masks[:, 0], (emb, emb))
+
     def cache_sizes(self) -> dict[str, int]:
         """How many programs each call has compiled (for tests and benchmarks)."""
         return {
@@ -115,4 +154,5 @@ class ModelSteps:
             "track_objects": self._track._cache_size(),
             "prompt_frame": self._prompt._cache_size(),
             "encode_memory": self._memory._cache_size(),
+            "memory_foreground": self._foreground._cache_size(),
         }

@@ -10,30 +10,50 @@ things live and how they run:
 - All objects are tracked in one compiled step, vmapped over objects, each with its own fixed-capacity memory
   (model_steps.py); sam2 loops over objects. Results equal tracking each object alone.
 - Outputs are numpy arrays `[O, 1, H, W]` of logits at the video resolution.
+
+The same predictor runs a RobotSeg model (SEMA, RPG, class token): it then feeds each step the frame's model
+input, a category per object (-1 here: none) and an RPG key, and stores each frame's foreground on the memory
+grid for RPG. `RobotSegVideoPredictor` (robotseg_predictor.py) adds RobotSeg's category API (spec §5).
 """
 
 from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Hashable, Iterator
+import secrets
+from collections.abc import Hashable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from robotseg_jax.checkpoints.convert import load_checkpoint
-from robotseg_jax.inference.model_steps import ModelSteps, StepOutputs
-from robotseg_jax.inference.postprocess import fill_holes_in_mask_scores, to_video_resolution
+from robotseg_jax.inference.model_steps import ModelSteps, RobotInputs, StepOutputs
+from robotseg_jax.inference.postprocess import (
+    fill_holes_in_mask_scores,
+    to_video_resolution,
+)
 from robotseg_jax.inference.video_io import open_video
 from robotseg_jax.inference.video_state import FrameOutput, InferenceState, ObjectState
-from robotseg_jax.modeling.config import VIDEO_PREDICTOR_OVERRIDES, SAM2Config, get_model_config
-from robotseg_jax.modeling.memory_bank import MemoryInputs, memory_capacity, pack_memory, select_memory
+from robotseg_jax.modeling.config import (
+    VIDEO_PREDICTOR_OVERRIDES,
+    RobotSegConfig,
+    SAM2Config,
+    get_model_config,
+)
+from robotseg_jax.modeling.memory_bank import (
+    MemoryInputs,
+    memory_capacity,
+    pack_memory,
+    select_memory,
+)
 from robotseg_jax.modeling.sam2 import NO_OBJ_SCORE, BackboneFeatures, Prompts
 
 _VALID_LABELS = {-1, 0, 1, 2, 3}
 # sam2 clamps the previous logits it feeds back with correction clicks ("rare numerical issues").
 _PREV_LOGITS_CLAMP = 32.0
+# RobotSeg's category of an object that has none: the decoder then runs without class and object tokens.
+NO_CATEGORY = -1
 
 
 class VideoPredictor:
@@ -48,6 +68,9 @@ class VideoPredictor:
     feature_cache_size / frame_cache_size: how many frames' image features (device) and decoded frames (host)
         are kept.
     """
+
+    # Whether `add_new_mask` outputs are kept through propagation rather than re-tracked (RobotSeg's rule, §5).
+    freeze_mask_outputs = False
 
     def __init__(
         self,
@@ -88,6 +111,10 @@ class VideoPredictor:
         del offload_video_to_cpu, offload_state_to_cpu, async_loading_frames
         frames = open_video(video_path, self.image_size, self.frame_cache_size)
         state = InferenceState(frames, self.memory_dtype if memory_dtype is None else jnp.dtype(memory_dtype))
+        if self.steps.is_robotseg:
+            # RPG's FPS starts: unseeded by default, as the original (spec §7.3); config.rpg_seed fixes them.
+            seed = self.config.rpg_seed
+            state.rng = jax.random.key(secrets.randbits(32) if seed is None else seed)
         self._image_features(state, 0)  # as sam2: fail early and warm up the encoder on the first frame
         return state
 
@@ -115,6 +142,23 @@ class VideoPredictor:
         tracked frame it corrects the tracked mask, feeding its logits with the clicks. Returns
         (frame_idx, obj_ids, logits [O, 1, H, W]) for every object on that frame.
         """
+        return self._add_points_or_box(
+            state, frame_idx, obj_id, points, labels, clear_old_points, normalize_coords, box, NO_CATEGORY
+        )
+
+    def _add_points_or_box(
+        self,
+        state: InferenceState,
+        frame_idx: int,
+        obj_id: Hashable,
+        points,
+        labels,
+        clear_old_points: bool,
+        normalize_coords: bool,
+        box,
+        category: int,
+    ) -> tuple[int, list, np.ndarray]:
+        """`add_new_points_or_box` for an object of `category` (RobotSeg's class-token row, or NO_CATEGORY)."""
         frame_idx = self._check_frame(state, frame_idx)
         coords, point_labels = self._point_prompts(state, points, labels, box, clear_old_points, normalize_coords)
         obj = self._object(state, obj_id, create=True)
@@ -133,7 +177,9 @@ class VideoPredictor:
         if prev_out is not None:
             prev_logits = np.clip(prev_out.pred_masks, -_PREV_LOGITS_CLAMP, _PREV_LOGITS_CLAMP)
         prompts = Prompts(jnp.asarray(coords), jnp.asarray(point_labels))
-        out = self._run_prompted_frame(state, obj, frame_idx, is_init_cond_frame, reverse, prompts, prev_logits)
+        out = self._run_prompted_frame(
+            state, obj, frame_idx, is_init_cond_frame, reverse, prompts, prev_logits, category
+        )
         obj.temp_outputs(is_cond)[frame_idx] = out
         return frame_idx, list(state.obj_ids), self._consolidated_output(state, frame_idx, is_cond)
 
@@ -159,6 +205,7 @@ class VideoPredictor:
         is_cond = is_init_cond_frame or self.add_all_frames_to_correct_as_cond
         prompts = Prompts(mask_inputs=mask_inputs)
         out = self._run_prompted_frame(state, obj, frame_idx, is_init_cond_frame, reverse, prompts, None)
+        out.frozen = self.freeze_mask_outputs
         obj.temp_outputs(is_cond)[frame_idx] = out
         return frame_idx, list(state.obj_ids), self._consolidated_output(state, frame_idx, is_cond)
 
@@ -239,6 +286,16 @@ class VideoPredictor:
         Starts at the earliest conditioning frame unless `start_frame_idx` is given and visits
         `max_frame_num_to_track` frames after it (sam2's count: the start frame plus that many, within the video).
         """
+        return self._propagate(state, start_frame_idx, max_frame_num_to_track, reverse, NO_CATEGORY)
+
+    def _propagate(
+        self,
+        state: InferenceState,
+        start_frame_idx: int | None,
+        max_frame_num_to_track: int | None,
+        reverse: bool,
+        category: int,
+    ) -> Iterator[tuple[int, list, np.ndarray]]:
         self.propagate_in_video_preflight(state)
         num_frames = state.num_frames
         if start_frame_idx is None:
@@ -254,9 +311,9 @@ class VideoPredictor:
             order = range(start_frame_idx, end_frame_idx + 1)
 
         for frame_idx in order:
-            to_track = [i for i, obj in enumerate(state.objects) if frame_idx not in obj.cond_outputs]
+            to_track = [i for i, obj in enumerate(state.objects) if not _keeps_output(obj, frame_idx)]
             if to_track:
-                tracked = self._track_all_objects(state, frame_idx, reverse)
+                tracked = self._track_all_objects(state, frame_idx, reverse, category)
                 for i in to_track:
                     state.objects[i].non_cond_outputs[frame_idx] = self._frame_output(tracked, i)
             for obj in state.objects:
@@ -316,16 +373,29 @@ class VideoPredictor:
             coords = coords / np.asarray([width, height], np.float32)
         return coords * np.float32(self.image_size), point_labels
 
-    def _image_features(self, state: InferenceState, frame_idx: int) -> BackboneFeatures:
+    def _frame_inputs(self, state: InferenceState, frame_idx: int) -> tuple[jax.Array, BackboneFeatures]:
+        """The frame's model input `[1, H, W, 3]` on the device and its image features, cached together."""
         cache = state.cached_features
         if frame_idx in cache:
             cache.move_to_end(frame_idx)
             return cache[frame_idx]
-        features = self.steps.encode_frame(jnp.asarray(state.frames[frame_idx]))
-        cache[frame_idx] = features
+        image = jnp.asarray(state.frames[frame_idx])
+        cache[frame_idx] = (image[None], self.steps.encode_frame(image))
         if len(cache) > self.feature_cache_size:
             cache.popitem(last=False)
-        return features
+        return cache[frame_idx]
+
+    def _image_features(self, state: InferenceState, frame_idx: int) -> BackboneFeatures:
+        return self._frame_inputs(state, frame_idx)[1]
+
+    def _robot_inputs(self, state: InferenceState, frame_idx: int, categories: Sequence[int]) -> RobotInputs | None:
+        """A RobotSeg model's extra step inputs for objects of `categories` (one draw of the session's key each);
+        None for SAM 2."""
+        if not self.steps.is_robotseg:
+            return None
+        state.rng, key = jax.random.split(state.rng)
+        image = self._frame_inputs(state, frame_idx)[0]
+        return RobotInputs(image, jnp.asarray(categories, jnp.int32)[:, None], jax.random.split(key, len(categories)))
 
     def _memory_capacity(self, state: InferenceState) -> tuple[int, int]:
         """Memory slots for the most conditioning frames any object has, rounded up to a power of two so that
@@ -348,6 +418,7 @@ class VideoPredictor:
             lambda t: obj.memory_output(t).obj_ptr,
             capacity,
             (1, emb, emb),
+            foreground_of=(lambda t: obj.memory_output(t).memory_foreground) if self.steps.is_robotseg else None,
         )
 
     def _run_prompted_frame(
@@ -359,6 +430,7 @@ class VideoPredictor:
         reverse: bool,
         prompts: Prompts,
         prev_logits: np.ndarray | None,
+        category: int = NO_CATEGORY,
     ) -> FrameOutput:
         mask_as_output = prompts.mask_inputs is not None and self.config.use_mask_input_as_output_without_sam
         memory = None
@@ -366,14 +438,18 @@ class VideoPredictor:
             memory = self._object_memory(state, obj, frame_idx, reverse, self._memory_capacity(state))
         prev = None if prev_logits is None else jnp.asarray(prev_logits)
         features = self._image_features(state, frame_idx)
-        out = self.steps.prompt_frame(features, memory, prompts, prev, is_init_cond_frame)
+        robot = self._robot_inputs(state, frame_idx, [category])
+        if robot is not None:  # one object: batch 1, one key
+            robot = robot.replace(category=robot.category[0], rng=robot.rng[0])
+        out = self.steps.prompt_frame(features, memory, prompts, prev, is_init_cond_frame, robot)
         return self._frame_output(self._to_host(state, out), 0)
 
-    def _track_all_objects(self, state: InferenceState, frame_idx: int, reverse: bool) -> StepOutputs:
+    def _track_all_objects(self, state: InferenceState, frame_idx: int, reverse: bool, category: int) -> StepOutputs:
         capacity = self._memory_capacity(state)
         memories = [self._object_memory(state, obj, frame_idx, reverse, capacity) for obj in state.objects]
         memory = jax.tree.map(lambda *xs: jnp.stack(xs), *memories)
-        return self._to_host(state, self.steps.track_objects(self._image_features(state, frame_idx), memory))
+        robot = self._robot_inputs(state, frame_idx, [category] * len(state.objects))
+        return self._to_host(state, self.steps.track_objects(self._image_features(state, frame_idx), memory, robot))
 
     def _to_host(self, state: InferenceState, outputs: StepOutputs) -> StepOutputs:
         """Step outputs as numpy, memory features cast to the session's storage dtype on the device first."""
@@ -387,11 +463,15 @@ class VideoPredictor:
         if self.fill_hole_area > 0:
             pred_masks = fill_holes_in_mask_scores(pred_masks, self.fill_hole_area)
         maskmem = outputs.maskmem_features
+        foreground = None
+        if self.steps.is_robotseg:  # of the stored (hole-filled) logits, as the original's RPG reads them (§5)
+            foreground = np.asarray(self.steps.memory_foreground(jnp.asarray(pred_masks)))
         return FrameOutput(
             pred_masks=pred_masks,
             obj_ptr=np.asarray(outputs.obj_ptr[index : index + 1]),
             object_score_logits=np.asarray(outputs.object_score_logits[index : index + 1]),
             maskmem_features=None if maskmem is None else np.asarray(maskmem[index : index + 1]),
+            memory_foreground=foreground,
         )
 
     def _encode_prompted_memory(self, state: InferenceState, frame_idx: int, out: FrameOutput) -> np.ndarray:
@@ -416,6 +496,12 @@ class VideoPredictor:
         return np.asarray(to_video_resolution(jnp.asarray(logits), video_size, self.non_overlap_masks))
 
 
+def _keeps_output(obj: ObjectState, frame_idx: int) -> bool:
+    """Whether propagation re-uses the object's stored output on a frame: a conditioning output, or a frozen one."""
+    out = obj.non_cond_outputs.get(frame_idx)
+    return frame_idx in obj.cond_outputs or (out is not None and out.frozen)
+
+
 def build_video_predictor(
     model_name: str,
     checkpoint: str | os.PathLike | None = None,
@@ -431,13 +517,19 @@ def build_video_predictor(
 ) -> VideoPredictor:
     """sam2's `build_sam2_video_predictor`: the named model with the video-predictor settings (stability-based
     multimask fallback, binarised click masks in memory, hole filling 8) and `config_overrides` (e.g.
-    `image_size=512`). Weights come from `checkpoint` (an official .pt or an orbax directory) or `params`."""
+    `image_size=512`). Weights come from `checkpoint` (an official .pt or an orbax directory) or `params`.
+    A RobotSeg model (`robotseg_hiera_t`) gets a `RobotSegVideoPredictor`, with the same settings (spec §3.1)."""
+    from robotseg_jax.inference.robotseg_predictor import (
+        RobotSegVideoPredictor,  # it subclasses this module's
+    )
+
     if (checkpoint is None) == (params is None):
         raise ValueError("give exactly one of checkpoint (a .pt file or orbax directory) or params")
     config = get_model_config(model_name, **{**VIDEO_PREDICTOR_OVERRIDES, **config_overrides})
     if params is None:
         params = load_checkpoint(checkpoint, config)
-    return VideoPredictor(
+    predictor_class = RobotSegVideoPredictor if isinstance(config, RobotSegConfig) else VideoPredictor
+    return predictor_class(
         config,
         params,
         fill_hole_area=fill_hole_area,

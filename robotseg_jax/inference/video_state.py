@@ -11,6 +11,7 @@ import collections
 import dataclasses
 from collections.abc import Hashable
 
+import jax
 import numpy as np
 
 from robotseg_jax.inference.video_io import VideoFrames
@@ -24,12 +25,16 @@ class FrameOutput:
     pred_masks: [1, 1, h, w] float32 low-res logits after hole filling; obj_ptr: [1, C] float32;
     object_score_logits: [1, 1] float32; maskmem_features: [1, h', w', mem_dim] in the memory dtype, or None for a
     prompted frame until the propagation preflight encodes it.
+    RobotSeg only: memory_foreground [1, h', w'] bool, RPG's foreground of pred_masks on the memory grid (spec
+    §1.4); frozen marks an `add_new_mask` output, which propagation re-uses rather than re-tracks (spec §5).
     """
 
     pred_masks: np.ndarray
     obj_ptr: np.ndarray
     object_score_logits: np.ndarray
     maskmem_features: np.ndarray | None
+    memory_foreground: np.ndarray | None = None
+    frozen: bool = False
 
 
 @dataclasses.dataclass
@@ -64,16 +69,18 @@ class ObjectState:
 
 @dataclasses.dataclass
 class InferenceState:
-    """A video session: the lazily decoded frames, the objects and their outputs, a small feature cache, and the
-    dtype memory features are stored in."""
+    """A video session: the lazily decoded frames, the objects and their outputs, a small cache of frames on the
+    device with their image features, the dtype memory features are stored in, and (RobotSeg) the PRNG key that
+    RPG's draws are split from."""
 
     frames: VideoFrames
     memory_dtype: np.dtype
     obj_ids: list[Hashable] = dataclasses.field(default_factory=list)
     objects: list[ObjectState] = dataclasses.field(default_factory=list)
-    cached_features: collections.OrderedDict[int, BackboneFeatures] = dataclasses.field(
+    cached_features: collections.OrderedDict[int, tuple[jax.Array, BackboneFeatures]] = dataclasses.field(
         default_factory=collections.OrderedDict
     )
+    rng: jax.Array | None = None
 
     @property
     def num_frames(self) -> int:

@@ -135,14 +135,7 @@ class RobotPromptGenerator(nn.Module):
         if (rng is None) == (start_ranks is None):
             raise ValueError("pass exactly one of rng and start_ranks")
         if rng is not None:
-            # Each (sample, slot) draws from a key folded in from its indices, so a slot's draws do not depend on
-            # how many slots the memory is padded to.
-            def slot_draws(b, s):
-                key = jax.random.fold_in(jax.random.fold_in(rng, b), s)
-                return jax.random.split(key, self.draws_per_frame)
-
-            sample_index, slot_index = jnp.meshgrid(jnp.arange(batch), jnp.arange(slots), indexing="ij")
-            draws = jax.vmap(jax.vmap(slot_draws))(sample_index, slot_index)
+            draws = jax.random.split(rng, (batch, slots, self.draws_per_frame))
             pick = lambda draw, count: jax.random.randint(draw, (), 0, jnp.maximum(count, 1))
         else:
             draws = start_ranks

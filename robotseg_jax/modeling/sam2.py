@@ -391,7 +391,7 @@ class SAM2Model(nn.Module):
         clicks). Training-mode behaviour (memory selection stride 1, no binarisation) follows `deterministic=False`.
         """
         cfg = self.config
-        _check_prompts(prompts, features.vision_feats.shape[0])
+        check_prompts(prompts, features.vision_feats.shape[0])
         num_points = 0 if prompts.point_labels is None else prompts.point_labels.shape[1]
         if prompts.mask_inputs is not None and cfg.use_mask_input_as_output_without_sam:
             heads = self._use_mask_as_output(features.vision_feats, features.high_res_features, prompts.mask_inputs)
@@ -436,16 +436,22 @@ class SAM2Model(nn.Module):
         click = Prompts(jnp.zeros((batch, 1, 2), jnp.float32), jnp.ones((batch, 1), jnp.int32))
         first = self.track_step(features, None, click, is_init_cond_frame=True)
         self._use_mask_as_output(features.vision_feats, features.high_res_features, jnp.zeros(images.shape[:3]))
-        memory = MemoryInputs(
-            maskmem_features=first.maskmem_features[None],
-            maskmem_tpos_index=jnp.zeros((1,), jnp.int32),
-            maskmem_valid=jnp.ones((1,), bool),
-            obj_ptrs=first.obj_ptr[None],
-            obj_ptr_tpos=jnp.ones((1,), jnp.float32),
-            obj_ptr_valid=jnp.ones((1,), bool),
-            tpos_scale=jnp.ones((), jnp.float32),
-        )
-        return self.track_step(features, memory, Prompts())
+        return self.track_step(features, one_frame_memory(first), Prompts())
+
+
+def one_frame_memory(previous: TrackOutputs, foreground: jax.Array | None = None) -> MemoryInputs:
+    """A memory bank holding one previous frame's output (1 slot, 1 pointer), as `init` needs to touch the memory
+    path. `foreground` `[B, h, w]` is RobotSeg's per-slot foreground."""
+    return MemoryInputs(
+        maskmem_features=previous.maskmem_features[None],
+        maskmem_tpos_index=jnp.zeros((1,), jnp.int32),
+        maskmem_valid=jnp.ones((1,), bool),
+        obj_ptrs=previous.obj_ptr[None],
+        obj_ptr_tpos=jnp.ones((1,), jnp.float32),
+        obj_ptr_valid=jnp.ones((1,), bool),
+        tpos_scale=jnp.ones((), jnp.float32),
+        maskmem_foreground=None if foreground is None else foreground[None],
+    )
 
 
 def sam_mask_inputs(prompts: Prompts, prev_sam_mask_logits: jax.Array | None) -> jax.Array | None:
@@ -472,7 +478,7 @@ def apply_non_overlapping_constraints(pred_masks: jax.Array) -> jax.Array:
     return jnp.where(keep, pred_masks, jnp.minimum(pred_masks, -10.0))
 
 
-def _check_prompts(prompts: Prompts, batch: int) -> None:
+def check_prompts(prompts: Prompts, batch: int) -> None:
     coords, labels = prompts.point_coords, prompts.point_labels
     if (coords is None) != (labels is None):
         raise ValueError("point_coords and point_labels must be given together")

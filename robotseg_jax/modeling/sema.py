@@ -22,7 +22,11 @@ import jax.numpy as jnp
 
 from robotseg_jax.modeling.common import gelu, resize_bilinear
 from robotseg_jax.modeling.edges import NmsTies, edge_map
-from robotseg_jax.modeling.memory_attention import MemoryAttention, MemoryAttentionLayer, RoPEAttention
+from robotseg_jax.modeling.memory_attention import (
+    MemoryAttention,
+    MemoryAttentionLayer,
+    RoPEAttention,
+)
 
 
 class DepthwiseSeparableConv(nn.Module):

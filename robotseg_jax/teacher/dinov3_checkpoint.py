@@ -23,8 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from robotseg_jax.checkpoints.torch_keys import CheckpointMismatchError, _as_numpy, flax_to_torch, torch_to_flax
-from robotseg_jax.teacher.dinov3 import VARIANTS, DinoV3Config, param_shapes, rope_periods
+from robotseg_jax.checkpoints.torch_keys import (
+    CheckpointMismatchError,
+    _as_numpy,
+    flax_to_torch,
+    torch_to_flax,
+)
+from robotseg_jax.teacher.dinov3 import (
+    VARIANTS,
+    DinoV3Config,
+    param_shapes,
+    rope_periods,
+)
 
 TRAINING_ONLY_KEYS = re.compile(r"^local_cls_norm\.(weight|bias)$")
 _BIAS_MASK = re.compile(r"^blocks\.(\d+)\.attn\.qkv\.bias_mask$")

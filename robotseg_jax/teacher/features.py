@@ -14,7 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from robotseg_jax.teacher.dinov3 import DinoV3Config, DinoVisionTransformer, normalize_images
+from robotseg_jax.teacher.dinov3 import (
+    DinoV3Config,
+    DinoVisionTransformer,
+    normalize_images,
+)
 
 SHORT_SIDE = 960  # spec 4.5
 

@@ -56,8 +56,16 @@ from robotseg_jax.data.vrs_layout import (
     read_mask,
 )
 from robotseg_jax.teacher.dinov3 import VARIANTS
-from robotseg_jax.teacher.dinov3_checkpoint import ArchitectureMismatchError, load_params
-from robotseg_jax.teacher.features import SHORT_SIDE, FeatureFn, resize_frame, vit_feature_fn
+from robotseg_jax.teacher.dinov3_checkpoint import (
+    ArchitectureMismatchError,
+    load_params,
+)
+from robotseg_jax.teacher.features import (
+    SHORT_SIDE,
+    FeatureFn,
+    resize_frame,
+    vit_feature_fn,
+)
 
 CONTEXT_FRAMES = 7  # predicted frames kept (FIFO); the first frame is kept besides them
 TOP_K = 5
