@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageEnhance
 
+# modeling.common has the same constants; the pipeline keeps its own so that grain workers never import JAX.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 

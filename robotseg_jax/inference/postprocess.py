@@ -33,11 +33,16 @@ def fill_holes_in_mask_scores(mask_logits: np.ndarray, max_area: int) -> np.ndar
     flat = np.asarray(mask_logits).reshape(-1, *mask_logits.shape[-2:])
     filled = flat.copy()
     for mask, out in zip(flat, filled):
-        labels, _ = scipy.ndimage.label(mask <= 0, structure=_EIGHT_CONNECTED)
-        areas = np.bincount(labels.ravel())
-        is_hole = (labels > 0) & (areas[labels] <= max_area)
-        out[is_hole] = HOLE_FILL_LOGIT
+        out[small_components(mask <= 0, max_area)] = HOLE_FILL_LOGIT
     return filled.reshape(mask_logits.shape)
+
+
+def small_components(binary: np.ndarray, max_area: float) -> np.ndarray:
+    """Pixels of `binary` whose 8-connected component has at most `max_area` pixels (sam2's kernels label
+    8-connected components, both for the video predictor's holes and the image predictor's holes/sprinkles)."""
+    labels, _ = scipy.ndimage.label(binary, structure=_EIGHT_CONNECTED)
+    areas = np.bincount(labels.ravel())
+    return (labels > 0) & (areas[labels] <= max_area)
 
 
 @functools.partial(jax.jit, static_argnames=("video_size", "non_overlap"))

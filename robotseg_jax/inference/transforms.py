@@ -12,16 +12,14 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.ndimage
 from PIL import Image
 
-from robotseg_jax.modeling.common import resize_bilinear_nchw
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# 8-connectivity, as sam2's connected-components kernel.
-_EIGHT_CONNECTED = np.ones((3, 3), bool)
+from robotseg_jax.inference.postprocess import small_components
+from robotseg_jax.modeling.common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    resize_bilinear_nchw,
+)
 
 
 def as_rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:
@@ -82,13 +80,6 @@ def remove_small_regions(
         if max_sprinkle_area > 0:
             out[index][small_components(mask > threshold, max_sprinkle_area)] = threshold - 10.0
     return out
-
-
-def small_components(binary: np.ndarray, max_area: float) -> np.ndarray:
-    """Pixels of `binary` whose 8-connected component has at most `max_area` pixels."""
-    labels, _ = scipy.ndimage.label(binary, structure=_EIGHT_CONNECTED)
-    areas = np.bincount(labels.ravel())
-    return (labels > 0) & (areas[labels] <= max_area)
 
 
 @functools.partial(jax.jit, static_argnames="orig_hw")

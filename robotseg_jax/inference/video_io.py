@@ -19,8 +19,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
+from robotseg_jax.modeling.common import IMAGENET_MEAN, IMAGENET_STD
+
 JPEG_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG")
 VIDEO_EXTENSIONS = (".mp4", ".MP4")
 

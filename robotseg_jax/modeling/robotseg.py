@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robotseg_jax.modeling.common import IMAGENET_MEAN, IMAGENET_STD
 from robotseg_jax.modeling.config import RobotSegConfig, SAM2Config
 from robotseg_jax.modeling.mask_decoder import ROBOT_CATEGORIES, RobotMaskDecoder
 from robotseg_jax.modeling.memory_bank import MemoryInputs
@@ -37,8 +38,6 @@ from robotseg_jax.modeling.sam2 import (
 from robotseg_jax.modeling.sema import SEMAMemoryAttention
 
 # sam2's input normalisation (as inference/transforms.py applies it), undone for `edges_from_rgb`.
-IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
 
 
 @flax.struct.dataclass

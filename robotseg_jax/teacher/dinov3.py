@@ -23,10 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robotseg_jax.modeling.common import gelu, layer_norm
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from robotseg_jax.modeling.common import IMAGENET_MEAN, IMAGENET_STD, gelu, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
