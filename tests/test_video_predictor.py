@@ -317,7 +317,8 @@ def test_frames_match_sam2_preprocessing(video_dir):
 
 
 def _write_mp4(path, video: np.ndarray) -> None:
-    av = pytest.importorskip("av")  # PyAV: the predictor's video-file reader
+    import av  # PyAV, a runtime requirement (the predictor's .mp4 reader): missing it must fail, not skip
+
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=10)
         stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
