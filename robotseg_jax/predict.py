@@ -2,10 +2,14 @@
 
     python -m robotseg_jax.predict --model sam2.1_hiera_t --checkpoint sam2.1_hiera_tiny.pt \\
         --video frames/ --points 210,350 250,220,0 --frame 0 --out out/
+    python -m robotseg_jax.predict --model robotseg_hiera_t --checkpoint robotseg.pt --video frames/ \\
+        --robot gripper --out out/
 
 The prompt (clicks `x,y[,label]` with label 1 foreground / 0 background, a box `x0,y0,x1,y1`, or a mask PNG of
-the frame's size) is in pixels of the original frames. Frames after --frame are tracked forward, frames before
-it backward. Writes OUT/masks/<frame:05d>.png (0/255) and OUT/overlay.gif.
+the frame's size) is in pixels of the original frames. With a RobotSeg model, `--robot arm|gripper|robot` is the
+prompt instead: the object is found from its category alone, with no click, and every frame is tracked as that
+category. Frames after --frame are tracked forward, frames before it backward. Writes OUT/masks/<frame:05d>.png
+(0/255) and OUT/overlay.gif.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from robotseg_jax.inference import build_video_predictor
+from robotseg_jax.inference import RobotSegVideoPredictor, build_video_predictor
 from robotseg_jax.inference.video_io import VideoFrames, open_video
 from robotseg_jax.inference.visualize import overlay
-from robotseg_jax.modeling.config import MODEL_CONFIGS, get_model_config
+from robotseg_jax.modeling.config import MODEL_CONFIGS, RobotSegConfig, get_model_config
+from robotseg_jax.modeling.mask_decoder import ROBOT_CATEGORIES
 
 OBJ_ID = 1
 GIF_FRAME_MS = 100
@@ -66,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--points", nargs="+", type=_point, metavar="X,Y[,LABEL]", help="clicks (label 1 or 0)")
     prompt.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1", help="box around the object")
     prompt.add_argument("--mask", metavar="PNG", help="mask of the object on --frame (nonzero = object)")
+    prompt.add_argument(
+        "--robot", choices=ROBOT_CATEGORIES, help="segment the object from its category alone (RobotSeg models only)"
+    )
     parser.add_argument("--frame", type=int, default=0, help="index of the prompted frame (default 0)")
     parser.add_argument("--image-size", type=int, help="model input size (default: the model's, 1024)")
     parser.add_argument("--out", required=True, help="output directory")
@@ -79,6 +87,8 @@ def _check_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         config = get_model_config(args.model, **overrides)
     except ValueError as err:
         parser.error(str(err))
+    if args.robot and not isinstance(config, RobotSegConfig):
+        parser.error(f"--robot needs a RobotSeg model (robotseg_hiera_t): {args.model} has no class tokens")
     if not os.path.exists(args.checkpoint):
         parser.error(f"no checkpoint at {args.checkpoint}")
     try:
@@ -128,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     predictor = _load_predictor(args, parser)
     state = predictor.init_state(args.video)
-    if mask is not None:
+    if args.robot:
+        predictor.add_new_robot(state, args.frame, OBJ_ID, args.robot)
+    elif mask is not None:
         predictor.add_new_mask(state, args.frame, OBJ_ID, mask)
     elif args.box:
         predictor.add_new_points_or_box(state, args.frame, OBJ_ID, box=np.array(args.box, np.float32))
@@ -141,10 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(mask_dir, exist_ok=True)
     overlays = {}
     directions = [False] + ([True] if args.frame > 0 else [])
+    # RobotSeg's propagate_in_video requires a category (spec §5): --robot's, or None (no class token) after a prompt.
+    category = {"robot": args.robot} if isinstance(predictor, RobotSegVideoPredictor) else {}
     with tqdm(total=video.num_frames, desc="segmenting", unit="frame") as progress:
         for reverse in directions:
             for frame_idx, obj_ids, logits in predictor.propagate_in_video(
-                state, start_frame_idx=args.frame, reverse=reverse
+                state, start_frame_idx=args.frame, reverse=reverse, **category
             ):
                 if frame_idx in overlays:  # the prompted frame comes again at the start of the backward pass
                     continue

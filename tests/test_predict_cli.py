@@ -1,4 +1,5 @@
-"""`python -m robotseg_jax.predict` end to end on a tiny JPEG video, and its usage errors (no tracebacks)."""
+"""`python -m robotseg_jax.predict` end to end on a tiny JPEG video (SAM 2.1 and RobotSeg models), and its usage
+errors (no tracebacks)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from robotseg_jax import convert as convert_cli
 from robotseg_jax import predict
 from robotseg_jax.checkpoints import convert
+from robotseg_jax.inference import RobotSegVideoPredictor, build_video_predictor
 from tests.reference import build_reference
 
 HEIGHT, WIDTH, NUM_FRAMES = 64, 96, 4
@@ -37,6 +40,15 @@ def checkpoint(tmp_path_factory) -> str:
     reference = build_reference("sam2.1_hiera_t", image_size=128, seed=5)
     convert.save_torch_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def robotseg_checkpoint(checkpoint, tmp_path_factory) -> str:
+    """A RobotSeg orbax directory that the converter starts from the random SAM 2.1 checkpoint."""
+    out = tmp_path_factory.mktemp("ckpt") / "robotseg_hiera_t"
+    argv = ["--from-torch", checkpoint, "--model", "robotseg_hiera_t", "--init-from-sam2", "--out", str(out)]
+    assert convert_cli.main(argv) == 0
+    return str(out)
 
 
 def _args(video: str, ckpt: str, out, *prompt: str) -> list[str]:
@@ -68,6 +80,45 @@ def test_mask_prompt_is_the_first_frames_output(video_dir, checkpoint, tmp_path)
     prompt = mask > 0
     assert (output & prompt).sum() / (output | prompt).sum() > 0.85
     assert len(os.listdir(tmp_path / "out" / "masks")) == NUM_FRAMES
+
+
+def test_robot_category_segments_every_frame_as_the_library_does(video_dir, robotseg_checkpoint, tmp_path, monkeypatch):
+    # RPG's FPS starts are unseeded by default (spec §7.3): a seed makes the two runs comparable. The library run
+    # reuses the CLI's predictor (a fresh state), hence its compiled steps.
+    built = []
+
+    def seeded(*args, **kwargs) -> RobotSegVideoPredictor:
+        built.append(build_video_predictor(*args, rpg_seed=0, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(predict, "build_video_predictor", seeded)
+    robot = ["--model", "robotseg_hiera_t", "--robot", "robot", "--frame", "1"]
+    assert predict.main(_args(video_dir, robotseg_checkpoint, tmp_path, *robot)) == 0
+    names = sorted(os.listdir(tmp_path / "masks"))
+    assert names == [f"{t:05d}.png" for t in range(NUM_FRAMES)]
+    with Image.open(tmp_path / "overlay.gif") as gif:
+        assert gif.size == (WIDTH, HEIGHT) and gif.n_frames == NUM_FRAMES
+
+    [predictor] = built
+    assert isinstance(predictor, RobotSegVideoPredictor)
+    state = predictor.init_state(video_dir)
+    predictor.add_new_robot(state, 1, predict.OBJ_ID, "robot")
+    expected = {}
+    for reverse in (False, True):  # frame 1 onwards, then frame 1 back to 0
+        for t, obj_ids, logits in predictor.propagate_in_video(state, "robot", start_frame_idx=1, reverse=reverse):
+            expected.setdefault(t, logits[obj_ids.index(predict.OBJ_ID), 0] > 0)
+    assert sorted(expected) == list(range(NUM_FRAMES))
+    for t, mask in expected.items():
+        with Image.open(tmp_path / "masks" / f"{t:05d}.png") as written:
+            np.testing.assert_array_equal(np.array(written) > 0, mask, err_msg=f"frame {t}")
+    assert any(mask.any() and not mask.all() for mask in expected.values())  # not a vacuous comparison
+
+
+def test_robotseg_clicks_track_without_a_category(video_dir, robotseg_checkpoint, tmp_path):
+    # RobotSeg's propagate_in_video requires its category argument: after clicks it is None (no class token).
+    args = _args(video_dir, robotseg_checkpoint, tmp_path, "--model", "robotseg_hiera_t", "--points", "20,30")
+    assert predict.main(args) == 0
+    assert len(os.listdir(tmp_path / "masks")) == NUM_FRAMES
 
 
 def _usage_error(capsys, args: list[str]) -> str:
@@ -105,10 +156,22 @@ def test_usage_errors(video_dir, checkpoint, tmp_path, capsys):
     assert "cannot load the checkpoint" in _usage_error(capsys, garbage)
 
 
+def test_robot_usage_errors(video_dir, checkpoint, tmp_path, capsys, monkeypatch):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the usage error")
+
+    monkeypatch.setattr(predict, "build_video_predictor", no_weights)
+    sam21 = _args(video_dir, checkpoint, tmp_path, "--robot", "arm")
+    assert "--robot needs a RobotSeg model (robotseg_hiera_t): sam2.1_hiera_t has" in _usage_error(capsys, sam21)
+    robotseg = _args(video_dir, checkpoint, tmp_path, "--model", "robotseg_hiera_t")  # argparse's own errors
+    assert "invalid choice: 'unknown'" in _usage_error(capsys, [*robotseg, "--robot", "unknown"])
+    assert "not allowed with argument" in _usage_error(capsys, [*robotseg, "--robot", "arm", "--points", "10,10"])
+
+
 def test_command_line_reports_a_missing_checkpoint_without_traceback(video_dir, tmp_path):
     args = _args(video_dir, str(tmp_path / "absent.pt"), tmp_path, "--points", "10,10")
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     command = [sys.executable, "-m", "robotseg_jax.predict", *args]
-    run = subprocess.run(command, capture_output=True, text=True, cwd=repo_root)
+    run = subprocess.run(command, check=False, capture_output=True, text=True, cwd=repo_root)
     assert run.returncode == 2
     assert "no checkpoint at" in run.stderr and "Traceback" not in run.stderr

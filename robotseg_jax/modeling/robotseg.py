@@ -27,8 +27,10 @@ from robotseg_jax.modeling.memory_bank import MemoryInputs
 from robotseg_jax.modeling.rpg import RobotPromptGenerator, foreground_on_memory_grid
 from robotseg_jax.modeling.sam2 import (
     BackboneFeatures,
+    ConditionedFrame,
     Prompts,
     SAM2Model,
+    SamHeadOutputs,
     TrackOutputs,
     check_prompts,
     one_frame_memory,
@@ -145,31 +147,55 @@ class RobotSegModel(SAM2Model):
         if prompts.mask_inputs is not None and cfg.use_mask_input_as_output_without_sam:
             heads = self._use_mask_as_output(features.vision_feats, features.high_res_features, prompts.mask_inputs)
         else:
-            if not is_init_cond_frame and memory is None:
-                raise ValueError("A frame that is not an initial conditioning frame needs a memory bank")
-            if is_init_cond_frame or cfg.num_maskmem == 0:
-                pix_feat = self.condition_on_memory(features, None, deterministic)
-                tokens, token_mask = self.robot_prompt_generator.no_memory_tokens(batch), None
-            else:
-                tokens, token_mask = self.object_tokens(memory, rng)
-                pix_feat, structure_maps = self.attend_to_memory(features, memory, raw_image, deterministic)
+            frame = self.condition_frame(
+                features, memory, is_init_cond_frame, deterministic, raw_image, robot_category, rng
+            )
+            structure_maps = frame.structure_maps
             heads = self._forward_sam_heads(
-                pix_feat,
+                frame.pix_feat,
                 prompts.point_coords,
                 prompts.point_labels,
                 sam_mask_inputs(prompts, prev_sam_mask_logits),
                 features.high_res_features,
                 use_multimask(cfg, is_init_cond_frame, num_points),
-                robot_category=robot_category,
-                object_tokens=tokens,
-                object_token_mask=token_mask,
+                **frame.decoder_inputs,
             )
-        if structure_maps is None:
-            # The placeholder of frames without memory (spec §1.6); never supervised (spec §4.4, §7.7).
-            structure_maps = jnp.repeat(heads.high_res_masks, cfg.num_mem_attn_layers, axis=1)
         out = self._track_outputs(features, prompts, heads, run_mem_encoder, training=not deterministic)
         fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
-        return RobotSegTrackOutputs(**fields, structure_maps=structure_maps)
+        return RobotSegTrackOutputs(**fields, structure_maps=self.structure_or_placeholder(structure_maps, heads))
+
+    def condition_frame(
+        self,
+        features: BackboneFeatures,
+        memory: MemoryInputs | None,
+        is_init_cond_frame: bool,
+        deterministic: bool,
+        raw_image: jax.Array | None = None,
+        robot_category: jax.Array | None = None,
+        rng: jax.Array | None = None,
+    ) -> ConditionedFrame:
+        """`SAM2Model.condition_frame` with SEMA (structure logits) and RPG: a frame with memory gets the object
+        tokens of its memory slots, a frame without memory RPG's no-memory tokens; the decoder inputs carry the
+        category (`[B]`, -1 for none), which `track_step` has validated."""
+        if not is_init_cond_frame and memory is None:
+            raise ValueError("A frame that is not an initial conditioning frame needs a memory bank")
+        batch = features.vision_feats.shape[0]
+        structure_maps = None
+        if is_init_cond_frame or self.config.num_maskmem == 0:
+            pix_feat = self.condition_on_memory(features, None, deterministic)
+            tokens, token_mask = self.robot_prompt_generator.no_memory_tokens(batch), None
+        else:
+            tokens, token_mask = self.object_tokens(memory, rng)
+            pix_feat, structure_maps = self.attend_to_memory(features, memory, raw_image, deterministic)
+        decoder_inputs = dict(robot_category=robot_category, object_tokens=tokens, object_token_mask=token_mask)
+        return ConditionedFrame(pix_feat, decoder_inputs, structure_maps)
+
+    def structure_or_placeholder(self, structure_maps: jax.Array | None, heads: SamHeadOutputs) -> jax.Array:
+        """SEMA's structure logits, or on a frame without memory the placeholder of spec §1.6: the frame's own
+        high-res mask logits repeated once per layer (never supervised, spec §4.4, §7.7)."""
+        if structure_maps is not None:
+            return structure_maps
+        return jnp.repeat(heads.high_res_masks, self.config.num_mem_attn_layers, axis=1)
 
     def __call__(self, images: jax.Array) -> RobotSegTrackOutputs:
         """Touches every submodule once (for `init`): encode, prompt with a click and a category, track one frame

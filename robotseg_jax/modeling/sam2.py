@@ -87,6 +87,17 @@ class TrackOutputs:
     maskmem_features: jax.Array | None
 
 
+@flax.struct.dataclass
+class ConditionedFrame:
+    """A frame ready for the SAM heads: `pix_feat` [B,h,w,C] (memory-conditioned backbone features), the extra
+    keyword inputs of the mask decoder (RobotSeg's category and object tokens) and, for RobotSeg on a frame with
+    memory, SEMA's structure logits [B,L,H,W]."""
+
+    pix_feat: jax.Array
+    decoder_inputs: dict = flax.struct.field(default_factory=dict)
+    structure_maps: jax.Array | None = None
+
+
 def use_multimask(config: SAM2Config, is_init_cond_frame: bool, num_points: int) -> bool:
     """SAM2Base._use_multimask: 3 masks for 0/1 clicks (with the SAM 2.1 settings), 1 mask otherwise."""
     return (
@@ -396,18 +407,26 @@ class SAM2Model(nn.Module):
         if prompts.mask_inputs is not None and cfg.use_mask_input_as_output_without_sam:
             heads = self._use_mask_as_output(features.vision_feats, features.high_res_features, prompts.mask_inputs)
         else:
-            if not is_init_cond_frame and memory is None:
-                raise ValueError("A frame that is not an initial conditioning frame needs a memory bank")
-            pix_feat = self.condition_on_memory(features, None if is_init_cond_frame else memory, deterministic)
+            frame = self.condition_frame(features, memory, is_init_cond_frame, deterministic)
             heads = self._forward_sam_heads(
-                pix_feat,
+                frame.pix_feat,
                 prompts.point_coords,
                 prompts.point_labels,
                 sam_mask_inputs(prompts, prev_sam_mask_logits),
                 features.high_res_features,
                 use_multimask(cfg, is_init_cond_frame, num_points),
+                **frame.decoder_inputs,
             )
         return self._track_outputs(features, prompts, heads, run_mem_encoder, training=not deterministic)
+
+    def condition_frame(
+        self, features: BackboneFeatures, memory: MemoryInputs | None, is_init_cond_frame: bool, deterministic: bool
+    ) -> ConditionedFrame:
+        """The first half of `_track_step`: the frame's pixel features fused with its memory (the no-memory
+        embedding on an initial conditioning frame). Training reuses the result for every correction click."""
+        if not is_init_cond_frame and memory is None:
+            raise ValueError("A frame that is not an initial conditioning frame needs a memory bank")
+        return ConditionedFrame(self.condition_on_memory(features, None if is_init_cond_frame else memory, deterministic))
 
     def _track_outputs(
         self, features: BackboneFeatures, prompts: Prompts, heads: SamHeadOutputs, run_mem_encoder: bool, training: bool
