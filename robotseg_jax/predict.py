@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from robotseg_jax.inference import RobotSegVideoPredictor, build_video_predictor
 from robotseg_jax.inference.video_io import VideoFrames, open_video
-from robotseg_jax.inference.visualize import overlay
+from robotseg_jax.inference.visualize import overlay, write_gif
 from robotseg_jax.modeling.config import MODEL_CONFIGS, RobotSegConfig, get_model_config
 from robotseg_jax.modeling.mask_decoder import ROBOT_CATEGORIES
 
@@ -165,13 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 obj_mask = np.asarray(logits[list(obj_ids).index(OBJ_ID), 0]) > 0
                 Image.fromarray(obj_mask.astype(np.uint8) * 255).save(os.path.join(mask_dir, f"{frame_idx:05d}.png"))
                 frame = np.asarray(video.read_frame(frame_idx).convert("RGB"))
-                overlays[frame_idx] = Image.fromarray(overlay(frame, {OBJ_ID: obj_mask}))
+                overlays[frame_idx] = overlay(frame, {OBJ_ID: obj_mask})
                 progress.update()
 
-    frames = [overlays[i] for i in sorted(overlays)]
     gif_path = os.path.join(args.out, "overlay.gif")
-    frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS, loop=0)
-    print(f"{len(frames)} masks in {mask_dir}, overlay in {gif_path}")
+    write_gif([overlays[i] for i in sorted(overlays)], gif_path, GIF_FRAME_MS)
+    print(f"{len(overlays)} masks in {mask_dir}, overlay in {gif_path}")
     return 0
 
 

@@ -164,6 +164,20 @@ def test_let_loss_matches_the_spec_formulas():
         np.testing.assert_allclose(float(got[key]), expected[key], rtol=2e-5, atol=1e-6, err_msg=key)
     assert all(float(got[k]) > 0 for k in losses.LET_KEYS)
 
+    # Under data parallelism the mean-over-objects terms are divided by the objects per GPU instead (here 1).
+    per_gpu = losses.let_loss(jax_stages, jnp.asarray(targets), jnp.asarray(struct_target), jnp.float32(n_obj),
+                              mean_term_objects=jnp.float32(1))
+    for key in losses.LET_KEYS:
+        scale = n_obj if key in ("loss_semantic", "loss_patch", "loss_structure") else 1
+        np.testing.assert_allclose(float(per_gpu[key]), scale * float(got[key]), rtol=1e-6, err_msg=key)
+
+
+def test_semantic_term_of_an_all_background_prediction_has_finite_gradients():
+    """F.normalize of a zero vector has gradient 0 in torch; a prediction with no foreground must not give NaN."""
+    feats = jnp.asarray(np.random.default_rng(3).normal(size=(1, 4, 4, 8)), jnp.float32)
+    grad = jax.grad(lambda f: losses.masked_average(f, jnp.zeros((1, 4, 4))).sum())(feats)
+    assert np.isfinite(np.asarray(grad)).all()
+
 
 def test_let_loss_on_a_single_image_has_only_cycle_terms():
     rng = np.random.default_rng(1)

@@ -372,7 +372,7 @@ def test_initial_points_follow_the_plan():
     for _ in range(16):
         plan, _ = draw_prompts(rng, SAM21_MOSE_FINETUNE, 8)
         for t in plan.processing_order[:3]:
-            points = initial_points(KEY, plan, t, gt)
+            points = initial_points(KEY, plan.first_prompt(t), gt)
             if plan.mode != "point" or t not in plan.init_cond_frames:
                 assert points is None
             elif t in plan.box_frames:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
@@ -30,56 +31,65 @@ def test_mesh_rejects_shapes_that_do_not_cover_the_devices():
         sharding.make_mesh(data=3, fsdp=2, devices=[object()] * 4)
 
 
-def test_sharded_adamw_step_equals_the_single_device_step():
-    """A jitted AdamW step of the SAM 2.1 params on a 2x2 (data, fsdp) mesh, with donation, equals the same step
-    on one device; FSDP really splits the large parameters and the batch."""
+def test_train_step_on_8_devices_equals_the_single_device_step():
+    """The jitted RobotSeg train step (LET, clip forward with its scan, AdamW) on a 4x2 (data, fsdp) mesh of 8
+    simulated devices, with donation, gives the single-device step's loss and updated params; FSDP really splits
+    the large parameters and the batch."""
     script = textwrap.dedent(
         """
+        import functools
         import jax, jax.numpy as jnp, numpy as np
-        from robotseg_jax.checkpoints import convert
+        from robotseg_jax.checkpoints.convert import initial_params
         from robotseg_jax.modeling.config import get_model_config
+        from robotseg_jax.modeling.robotseg import build_model
         from robotseg_jax.training import optimizer as opt, sharding
+        from robotseg_jax.training.prompts import ROBOTSEG, draw_prompts
+        from robotseg_jax.training.train_step import StepConfig, init_train_state, train_step
 
-        template = convert.params_template(get_model_config("sam2.1_hiera_t", image_size=64))
-        rng = np.random.default_rng(0)
-        params = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32), template)
-        batch = rng.normal(size=(8, 16)).astype(np.float32)
+        size, batch_size, frames = 64, 8, 3
+        config = get_model_config("robotseg_hiera_t", image_size=size)
+        model = build_model(config)
+        params = jax.device_get(initial_params(config, None, seed=0))
         tx = opt.make_optimizer(params, opt.OptimizerConfig(total_steps=10))
+        plan, from_gt = draw_prompts(np.random.default_rng(3), ROBOTSEG, frames)
+        rng = np.random.default_rng(0)
+        masks = np.zeros((batch_size, frames, size, size), bool)
+        for b in range(batch_size):
+            masks[b, :, 8 + b : 40 + b, 10 : 30 + 2 * b] = True
+        batch = {"images": rng.normal(size=(batch_size, frames, size, size, 3)).astype(np.float32),
+                 "masks": masks, "category": (np.arange(batch_size) % 3).astype(np.int32)}
+        step = functools.partial(train_step, model=model, optimizer=tx, config=StepConfig(), plan=plan)
 
-        def loss(p, x):  # touches every parameter, and the batch
-            return sum(jnp.sum(jnp.tanh(l) ** 2) for l in jax.tree.leaves(p)) * jnp.mean(x ** 2)
+        single_state, single_metrics = jax.jit(step)(init_train_state(params, tx, 0), batch, jnp.asarray(from_gt))
 
-        def step(p, s, x):
-            grads = jax.grad(loss)(p, x)
-            updates, s = tx.update(grads, s, p)
-            return jax.tree.map(lambda a, b: a + b, p, updates), s
-
-        single_p, single_s = jax.jit(step)(params, tx.init(params), batch)
-
-        mesh = sharding.make_mesh(data=2, fsdp=2)
+        mesh = sharding.make_mesh(data=4, fsdp=2)
         p = sharding.shard_params(params, mesh)
-        s = sharding.init_sharded(tx.init, p, mesh)
-        x = jax.device_put(batch, sharding.batch_sharding(mesh))
-        p_shard = jax.tree.map(lambda a: a.sharding, p)
-        s_shard = jax.tree.map(lambda a: a.sharding, s)
-        sharded = jax.jit(step, in_shardings=(p_shard, s_shard, x.sharding), out_shardings=(p_shard, s_shard),
-                          donate_argnums=(0, 1))
-        new_p, _ = sharded(p, s, x)
+        state = sharding.init_sharded(lambda q: init_train_state(q, tx, 0), p, mesh)
+        state_shardings = jax.tree.map(lambda a: a.sharding, state)
+        data = sharding.batch_sharding(mesh)
+        sharded = jax.jit(step, in_shardings=(state_shardings, data, sharding.replicated(mesh)),
+                          out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+        x = jax.device_put(batch, data)
+        new_state, metrics = sharded(state, x, jnp.asarray(from_gt))
 
         diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                   for a, b in zip(jax.tree.leaves(new_p), jax.tree.leaves(single_p)))
-        kernel = new_p["memory_attention"]["layers_0"]["linear1"]["kernel"]
+                   for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(single_state.params)))
+        kernel = new_state.params["memory_attention"]["layers_0"]["linear1"]["kernel"]
+        print("LOSSES", float(single_metrics["core_loss"]), float(metrics["core_loss"]))
         print("DIFF", diff)
         print("KERNEL_SHARDS", len({tuple(s.data.shape) for s in kernel.addressable_shards}),
               kernel.addressable_shards[0].data.shape)
-        print("BATCH_SHARD", x.addressable_shards[0].data.shape)
+        print("BATCH_SHARD", x["images"].addressable_shards[0].data.shape)
         """
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=600)
+                            timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.split(" ", 1)[0].isupper())
-    assert float(lines["DIFF"]) <= 1e-6
+    single, sharded = map(float, lines["LOSSES"].split())
+    assert np.isfinite(single) and abs(single - sharded) <= 1e-4 * abs(single)
+    # Adam normalises the update, so params agree to float32 round-off of the reduction orders.
+    assert float(lines["DIFF"]) <= 1e-5
     assert "(256, 1024)" in lines["KERNEL_SHARDS"]  # linear1 [256, 2048] split in two over fsdp
-    assert lines["BATCH_SHARD"] == "(2, 16)"  # batch 8 over 4 devices
+    assert lines["BATCH_SHARD"] == "(1, 3, 64, 64, 3)"  # batch 8 over 8 devices

@@ -8,6 +8,7 @@ does (spec §3.2): only RobotSeg's new parameters are initialised fresh.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -31,6 +32,8 @@ from robotseg_jax.modeling.config import MODEL_CONFIGS, RobotSegConfig, SAM2Conf
 from robotseg_jax.modeling.robotseg import build_model
 
 _MODEL_FILE = "model.json"
+# Training from scratch initialises at this input size (any size gives the same param shapes; small traces fast).
+INIT_IMAGE_SIZE = 64
 _PARAMS_DIR = "params"
 
 # The state_dict keys RobotSeg adds to SAM 2.1 (spec §2); a SAM 2.1 checkpoint lacks exactly these.
@@ -185,3 +188,18 @@ def load_checkpoint(path: str | os.PathLike, config: SAM2Config) -> dict:
         params, _ = load_params(path, config)
         return params
     return torch_to_params(load_torch_state_dict(path), config)
+
+
+def initial_params(config: SAM2Config, checkpoint: str | os.PathLike | None, seed: int) -> dict:
+    """Training's starting params: random (`checkpoint` None), an orbax directory, or an official `.pt`. A SAM 2.1
+    `.pt` for a RobotSeg model initialises it as RobotSeg's training does (`init_from_sam2`, spec §3.2)."""
+    if checkpoint is None:
+        small = dataclasses.replace(config, image_size=INIT_IMAGE_SIZE)
+        images = jnp.zeros((1, small.image_size, small.image_size, 3), jnp.float32)
+        return jax.jit(build_model(small).init)(jax.random.key(seed), images)["params"]
+    if os.path.isdir(checkpoint):
+        return load_params(checkpoint, config)[0]
+    state_dict = load_torch_state_dict(checkpoint)
+    if isinstance(config, RobotSegConfig) and not any(_NEW_KEY.search(k) for k in state_dict):
+        return init_from_sam2(state_dict, config, jax.random.key(seed))
+    return torch_to_params(state_dict, config)

@@ -59,6 +59,10 @@ class ModelSteps:
         self._memory = jax.jit(self._memory_impl)
         self._foreground = jax.jit(self._foreground_impl)
 
+    def set_params(self, params: dict) -> None:
+        """New weights of the same shapes (training's periodic validation): the compiled steps are reused."""
+        self._variables = {"params": params}
+
     # Public calls take and return device arrays; the predictor moves results to the host.
     def encode_frame(self, image: jax.Array) -> BackboneFeatures:
         """Backbone features of one normalised frame `[H, W, 3]` (batch 1)."""

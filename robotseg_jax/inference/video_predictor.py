@@ -93,6 +93,11 @@ class VideoPredictor:
         self.memory_dtype = jnp.dtype(memory_dtype)
         self.steps = ModelSteps(config, params)
 
+    def set_params(self, params: dict) -> None:
+        """Swaps in new weights of the same shapes without recompiling (for validation during training). Open
+        inference states keep features computed with the old weights: start new ones."""
+        self.steps.set_params(params)
+
     # ------------------------------------------------------------------ session
     def init_state(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -44,3 +44,11 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     padded = np.pad(mask, 1, constant_values=False)
     interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return mask & ~interior
+
+
+def write_gif(frames: Sequence[np.ndarray], path: str, frame_ms: int = 100) -> None:
+    """Writes uint8 `[H, W, 3]` frames as a looping GIF."""
+    from PIL import Image  # only the writers need PIL
+
+    images = [Image.fromarray(np.asarray(f)) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=frame_ms, loop=0)

@@ -41,9 +41,11 @@ class Attention(nn.Module):
             return x.reshape(*x.shape[:-1], self.num_heads, internal_dim // self.num_heads)
 
         mask = None if key_mask is None else key_mask[:, None, None, :]  # broadcast over heads and queries
-        out = jax.nn.dot_product_attention(
-            project(q, "q_proj"), project(k, "k_proj"), project(v, "v_proj"), mask=mask, implementation="xla"
-        )
+        values = project(v, "v_proj")
+        # With bfloat16 compute, queries and keys carry float32 position encodings: attend in the values' dtype,
+        # as torch autocast runs the attention matmuls in bfloat16 (a no-op in float32).
+        queries, keys = project(q, "q_proj").astype(values.dtype), project(k, "k_proj").astype(values.dtype)
+        out = jax.nn.dot_product_attention(queries, keys, values, mask=mask, implementation="xla")
         out = out.reshape(*out.shape[:-2], internal_dim)
         return nn.Dense(self.embedding_dim, name="out_proj")(out)
 

@@ -194,7 +194,11 @@ class LETStage:
 def masked_average(features: jax.Array, weights: jax.Array) -> jax.Array:
     """[N, C]: L2-normalised sum(E * q) / max(sum(q), eps) of [N,h,w,C] features under [N,h,w] weights."""
     pooled = jnp.einsum("nhwc,nhw->nc", features, weights) / jnp.maximum(weights.sum(axis=(1, 2)), SEMANTIC_EPS)[:, None]
-    return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)  # F.normalize's eps
+    # F.normalize: x / max(|x|, 1e-12). A pooled vector of exactly zero (an all-background prediction) must get
+    # torch's zero gradient; d|x|/dx at 0 is NaN in JAX, so the norm takes the square root only where it is > 0.
+    squared = jnp.sum(pooled**2, axis=-1, keepdims=True)
+    norm = jnp.where(squared > 0, jnp.sqrt(jnp.where(squared > 0, squared, 1.0)), 0.0)
+    return pooled / jnp.maximum(norm, 1e-12)
 
 
 def soft_iou_loss(prob: jax.Array, targets: jax.Array) -> jax.Array:
@@ -216,6 +220,7 @@ def let_loss(
     structure_target: jax.Array | None,
     num_objects: jax.Array,
     config: LETLossConfig = LETLossConfig(),
+    mean_term_objects: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """MultiStepMultiMasksAndIous_LET over a clip (spec 4.4): per-term sums over stages and the weighted total.
 
@@ -223,7 +228,10 @@ def let_loss(
     normalised Laplacian of the last stage's target (`edges.laplacian_structure_target`), needed when T > 1.
     Roles: cycle terms (SAM 2's mask/dice/IoU/class, best mask by 5*focal + dice, IoU at that mask) on the first
     and last stage; semantic and patch terms on the stages between; the structure term on the last stage.
+    The semantic, patch and structure terms are means over the objects, divided by `mean_term_objects` (default
+    `num_objects`): under data parallelism the reference divides them by the objects per GPU, not in total.
     """
+    mean_norm = num_objects if mean_term_objects is None else mean_term_objects
     num_stages = len(stages)
     if targets.shape[0] != num_stages:
         raise ValueError(f"{num_stages} stages but targets for {targets.shape[0]}")
@@ -250,16 +258,16 @@ def let_loss(
                 prob = resize_bilinear_nchw(jax.nn.sigmoid(_take_mask(step.multimasks, best)), grid)
                 pooled = masked_average(stage.backbone_features, prob)
                 similarity = jnp.mean(jnp.sum(pooled * anchor, axis=-1))
-                totals["loss_semantic"] = totals["loss_semantic"] + (1 - similarity) / num_objects
+                totals["loss_semantic"] = totals["loss_semantic"] + (1 - similarity) / mean_norm
         if is_between:
             last = stage.steps[-1]
             prob = resize_bilinear_nchw(jax.nn.sigmoid(_take_mask(last.multimasks, jnp.argmax(last.ious, axis=1))), grid)
-            totals["loss_patch"] = totals["loss_patch"] + jnp.mean(soft_iou_loss(prob, small_targets)) / num_objects
+            totals["loss_patch"] = totals["loss_patch"] + jnp.mean(soft_iou_loss(prob, small_targets)) / mean_norm
         if t == num_stages - 1 and num_stages > 1:
             if stage.structure_logits is None or structure_target is None:
                 raise ValueError("the last stage needs structure logits and a structure target")
             totals["loss_structure"] = (
-                totals["loss_structure"] + structure_loss(stage.structure_logits, structure_target) / num_objects
+                totals["loss_structure"] + structure_loss(stage.structure_logits, structure_target) / mean_norm
             )
     totals["core_loss"] = sum(config.weights[k] * totals[k] for k in LET_KEYS)
     return totals

@@ -7,7 +7,8 @@ in the reference configs:
   decay: `blocks.i` by decay^(num_blocks - i), `patch_embed` by decay^(num_blocks + 1), `pos_embed*` by 1.
 - weight decay: `weight_decay` for all but parameters whose name contains "bias" and the weights of
   `torch.nn.LayerNorm` modules (sam2's LayerNorm2d and GroupNorm weights are decayed).
-- gradients are clipped to a global L2 norm before Adam; a step whose gradients are not finite is skipped.
+- gradients are clipped to a global L2 norm before Adam (train_step.py skips a step whose gradients are not
+  finite).
 Buffers that Flax keeps as params (the prompt encoder's random Fourier matrix) never change.
 """
 
@@ -48,8 +49,6 @@ class OptimizerConfig:
     b2: float = 0.999
     eps: float = 1e-8
     freeze_image_encoder: bool = False
-    # Consecutive non-finite steps tolerated before the update is applied anyway (optax.apply_if_finite).
-    max_consecutive_nonfinite: int = 100
 
 
 def cosine_factor(step: jax.Array, total_steps: int, end_ratio: float) -> jax.Array:
@@ -132,7 +131,7 @@ def make_optimizer(params, config: OptimizerConfig) -> optax.GradientTransformat
     trainable = jax.tree.map(lambda m: m != 0.0, multipliers)
     schedule = lambda step: -config.base_lr * cosine_factor(step, config.total_steps, config.end_lr_ratio)
     labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
-    inner = optax.chain(
+    return optax.chain(
         # Clipping and Adam see the trainable parameters only, as torch's clip_grad_norm_ and AdamW over the
         # parameters that receive gradients; frozen ones get zero updates and keep no Adam state.
         optax.multi_transform(
@@ -149,7 +148,6 @@ def make_optimizer(params, config: OptimizerConfig) -> optax.GradientTransformat
         optax.scale_by_schedule(schedule),
         _scale_by_tree(multipliers),  # the per-group lr; 0 for frozen parameters also cancels their decay
     )
-    return optax.apply_if_finite(inner, config.max_consecutive_nonfinite)
 
 
 def learning_rates(params, config: OptimizerConfig, step: int):

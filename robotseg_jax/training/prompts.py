@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Mode = Literal["robot", "mask", "point"]
+FirstPrompt = Literal["none", "click", "box"]
 # sam2_utils.sample_box_points: labels of the top-left and bottom-right box corners.
 BOX_LABELS = (2, 3)
 
@@ -162,10 +163,14 @@ class PromptPlan:
         as 2. With `modeling.sam2.use_multimask` this gives the multimask rule of spec 4.3 / _use_multimask."""
         if step > (self.num_correction_pts if frame in self.correct_frames else 0):
             raise ValueError(f"frame {frame} has no correction step {step}")
-        initial = 0
-        if self.mode == "point" and frame in self.init_cond_frames:
-            initial = 2 if frame in self.box_frames else 1
-        return initial + step
+        return {"none": 0, "click": 1, "box": 2}[self.first_prompt(frame)] + step
+
+    def first_prompt(self, frame: int) -> FirstPrompt:
+        """The prompt of `frame`'s first SAM pass: a noisy box or one uniform click on the initial conditioning
+        frames in point mode, nothing otherwise."""
+        if self.mode != "point" or frame not in self.init_cond_frames:
+            return "none"
+        return "box" if frame in self.box_frames else "click"
 
 
 def draw_prompts(rng: np.random.Generator, config: PromptConfig, num_frames: int) -> tuple[PromptPlan, np.ndarray]:
@@ -220,11 +225,9 @@ def draw_prompts(rng: np.random.Generator, config: PromptConfig, num_frames: int
     return plan, from_gt
 
 
-def initial_points(
-    key: jax.Array, plan: PromptPlan, frame: int, gt: jax.Array
-) -> tuple[jax.Array, jax.Array] | None:
-    """The first-pass clicks of `frame` under `plan`: a noisy box or one uniform click on the initial
-    conditioning frames in point mode, None otherwise."""
-    if plan.mode != "point" or frame not in plan.init_cond_frames:
+def initial_points(key: jax.Array, first_prompt: FirstPrompt, gt: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+    """The clicks of a first SAM pass (`PromptPlan.first_prompt`) on GT masks [N, H, W]: a noisy box, one uniform
+    click, or None."""
+    if first_prompt == "none":
         return None
-    return noisy_box(key, gt) if frame in plan.box_frames else uniform_click(key, gt)
+    return noisy_box(key, gt) if first_prompt == "box" else uniform_click(key, gt)

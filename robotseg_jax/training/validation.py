@@ -1,0 +1,73 @@
+"""Validation during and after training: the paper's protocol (evaluation/) on held-out videos with the current
+params, as J&F numbers, and overlays of the predicted masks for image summaries and the run's GIF.
+
+One video predictor is built at the first validation and reused (`set_params`), so its steps compile once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import jax
+import numpy as np
+from ml_collections import config_dict
+from PIL import Image
+
+from robotseg_jax.evaluation.report import ALL, EvalResults
+from robotseg_jax.evaluation.runner import evaluate
+from robotseg_jax.evaluation.videos import EvalVideo, open_videos
+from robotseg_jax.inference import build_video_predictor
+from robotseg_jax.inference.visualize import overlay
+
+
+class Validator:
+    """J&F of `settings` x `categories` on a split (`config`: data, split, data_dir, settings, categories,
+    max_videos), for a model built as `build_video_predictor(model_name, **model_overrides)`."""
+
+    def __init__(self, config: config_dict.ConfigDict, model_name: str, model_overrides: dict):
+        self.config = config
+        self.model_name, self.model_overrides = model_name, dict(model_overrides)
+        self.settings = [s.strip().upper() for s in config.settings.split(",")]
+        self.categories = [c.strip().lower() for c in config.categories.split(",")]
+        self.videos = open_videos(config.data, config.split, config.get("data_dir"))
+        self._predictor = None
+
+    def run(self, params: dict, out_dir: str) -> tuple[dict[str, float], EvalResults]:
+        """Evaluates `params`; returns {"<setting>/<category>/J&F": percent, ..., "J&F": their mean} and the
+        full results (predicted PNGs under `out_dir`)."""
+        params = jax.device_get(params)
+        if self._predictor is None:
+            self._predictor = build_video_predictor(self.model_name, params=params, **self.model_overrides)
+        else:
+            self._predictor.set_params(params)
+        results = evaluate(
+            self._predictor,
+            self.videos,
+            self.settings,
+            self.categories,
+            out_dir,
+            guided_filter=False,
+            max_videos=self.config.max_videos,
+            progress=False,
+        )
+        metrics = {}
+        for setting, category in itertools.product(self.settings, self.categories):
+            groups = results.groups(setting, category)
+            if groups:
+                metrics[f"{setting}/{category}/J&F"] = groups[ALL][0].jf
+        if not metrics:
+            raise RuntimeError(f"validation scored nothing on {self.config.data}:{self.config.split} ({results.unavailable})")
+        metrics["J&F"] = float(np.mean(list(metrics.values())))
+        return metrics, results
+
+    def overlay_frames(self, out_dir: str, max_frames: int = 8) -> np.ndarray:
+        """uint8 [N, H, W, 3]: the first video's frames with the first setting's and category's predicted mask."""
+        video = next(iter(self.videos))
+        folder = os.path.join(out_dir, self.settings[0], self.categories[0], video.folder)
+        return np.stack([_overlay_frame(video, folder, i) for i in range(min(max_frames, len(video.frame_ids)))])
+
+
+def _overlay_frame(video: EvalVideo, folder: str, position: int) -> np.ndarray:
+    mask = np.asarray(Image.open(os.path.join(folder, f"{video.frame_ids[position]:05d}.png"))) > 0
+    return overlay(video.read_frame(position), {1: mask})
