@@ -220,6 +220,15 @@ def test_cli_starts_robotseg_from_a_sam21_checkpoint(tmp_path, sam21, config, pa
     assert name == "robotseg_hiera_t"
     assert jax.tree.all(jax.tree.map(np.array_equal, loaded, params))  # --seed 0 = key 0
 
+    # Training's init_checkpoint takes the same files: a SAM 2.1 .pt starts RobotSeg as init_from_sam2, the
+    # RobotSeg orbax directory and a RobotSeg .pt load as they are.
+    same = lambda a, b: jax.tree.all(jax.tree.map(np.array_equal, a, b))
+    assert same(convert.initial_params(config, official, seed=0), params)
+    assert same(convert.initial_params(config, out, seed=5), params)
+    robotseg_pt = tmp_path / "robotseg.pt"
+    convert.save_torch_state_dict(flax_to_torch(params), robotseg_pt)
+    assert same(convert.initial_params(config, robotseg_pt, seed=5), params)
+
 
 # ---------------------------------------------------------------------------------------------- tracking
 def test_chain_without_category_and_gate_is_sam21(sam21, config, params):
