@@ -24,7 +24,7 @@ from robotseg_jax.modeling.robotseg import build_model
 from robotseg_jax.train import train_and_evaluate
 from robotseg_jax.training import inputs
 from robotseg_jax.training.optimizer import OptimizerConfig, make_optimizer
-from robotseg_jax.training.prompts import ROBOTSEG, draw_prompts
+from robotseg_jax.training.prompts import ROBOTSEG, PromptPlan, draw_prompts
 from robotseg_jax.training.train_step import StepConfig, init_train_state, train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,20 +111,34 @@ def test_resume_after_sigterm_repeats_the_uninterrupted_losses(sim_data, tmp_pat
     np.testing.assert_allclose([resumed[s] for s in range(1, 5)], [expected[s] for s in range(1, 5)], rtol=1e-5)
 
 
-def _tiny_step(num_frames=2, batch=1):
-    config = get_model_config("robotseg_hiera_t", image_size=SIZE)
+def _tiny_step(model_name="robotseg_hiera_t", plan=None, step_config=StepConfig(), num_frames=2, batch=1):
+    config = get_model_config(model_name, image_size=SIZE)
     model = build_model(config)
     params = initial_params(config, None, seed=0)
     optimizer = make_optimizer(params, OptimizerConfig(total_steps=10))
     state = init_train_state(params, optimizer, seed=0)
-    step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, config=StepConfig()),
+    step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, config=step_config),
                    static_argnames="plan")
-    rng = np.random.default_rng(0)
-    plan, from_gt = draw_prompts(rng, ROBOTSEG, num_frames)
-    images = jnp.asarray(np.random.default_rng(1).normal(size=(batch, num_frames, SIZE, SIZE, 3)), jnp.float32)
-    masks = np.zeros((batch, num_frames, SIZE, SIZE), bool)
+    if plan is None:
+        plan, from_gt = draw_prompts(np.random.default_rng(0), ROBOTSEG, num_frames)
+    else:
+        from_gt = np.zeros((len(plan.correct_frames), plan.num_correction_pts), bool)
+        from_gt[0, 0] = True
+    images = jnp.asarray(np.random.default_rng(1).normal(size=(batch, plan.num_frames, SIZE, SIZE, 3)), jnp.float32)
+    masks = np.zeros((batch, plan.num_frames, SIZE, SIZE), bool)
     masks[:, :, 16:48, 20:40] = True
     return step, state, {"images": images, "masks": jnp.asarray(masks), "category": jnp.full((batch,), 2)}, plan, from_gt
+
+
+def test_sam2_finetuning_step_with_two_conditioning_frames_and_a_corrected_tracked_frame():
+    """SAM 2's loss and prompts (the fine-tuning baseline): frames 0 and 2 prompted (a click, a box), then frame 1
+    tracked from both and corrected with clicks, which makes it a conditioning frame too."""
+    plan = PromptPlan(num_frames=3, mode="point", init_cond_frames=(0, 2), box_frames=(2,), correct_frames=(0, 1),
+                      num_correction_pts=2, cond_frames=(0, 2, 1))
+    step, state, batch, plan, from_gt = _tiny_step("sam2.1_hiera_t", plan, StepConfig(loss="sam2"), batch=2)
+    new_state, metrics = step(state, batch, jnp.asarray(from_gt), plan=plan)
+    assert float(metrics["skipped"]) == 0.0 and np.isfinite(float(metrics["core_loss"]))
+    assert float(metrics["loss_mask"]) > 0 and int(new_state.step) == 1
 
 
 def test_non_finite_batch_is_skipped_without_touching_the_params():
