@@ -6,7 +6,7 @@ Renders a small VRS-Sim dataset into <workdir>/data (Franka and Kuka for trainin
 builds it as TFDS, evaluates the untrained model, trains the full robotseg_hiera_t architecture at 128 px on
 3-frame bidirectional clips, validates, evaluates again (automatic mode, whole robot) and writes results.json,
 overlay.gif, TensorBoard logs and the trained params (<workdir>/params, loadable by evaluate/predict/convert
-with --config.image_size=128 / --image-size 128). VRS-Sim's dense GT masks stand in for DINOv3 pseudo masks.
+with --config.image_size=128 / --image-size 128). VRS-Sim's exact masks stand in for DINOv3 pseudo masks.
 """
 
 from ml_collections import config_dict
@@ -20,8 +20,7 @@ def get_config() -> config_dict.ConfigDict:
     c.model_overrides = config_dict.ConfigDict({"hiera_drop_path_rate": 0.0})
     c.seed = 0
 
-    c.data.name = "vrs_sim"
-    c.data.mask_dir = "mask_gt"
+    c.data.name = "vrs_sim"  # its train split has first-frame mask_gt and exact masks as mask_gt_dinov3, like VRS
     c.data.num_frames = 3  # [0, s, 0]: every LET role (cycle, semantic/patch, structure) at a third of the cost
     c.data.batch_size = 4
     c.data.num_workers = 0
@@ -35,6 +34,8 @@ def get_config() -> config_dict.ConfigDict:
     c.prompts.prob_robot = 0.6
     c.prompts.prob_point = 0.4
     c.prompts.prob_box = 0.0
+    # From scratch the IoU head must learn to rank all 3 masks (the reference LET trains only the selected one's).
+    c.let_loss.supervise_all_iou = True
     c.optimizer.base_lr = 1e-3
     c.optimizer.vision_lr = 1e-3  # from scratch: the image encoder learns as fast as the rest
     c.optimizer.layer_decay = 1.0

@@ -45,7 +45,7 @@ def get_config() -> config_dict.ConfigDict:
     c.loss = "let"
     c.let_loss = config_dict.ConfigDict(
         {"weight_mask": 5.0, "weight_dice": 1.0, "weight_iou": 1.0, "weight_class": 1.0, "weight_semantic": 1.0,
-         "weight_patch": 1.0, "weight_structure": 1.0}
+         "weight_patch": 1.0, "weight_structure": 1.0, "supervise_all_iou": False}
     )
     c.sam2_loss = config_dict.ConfigDict(  # used with loss "sam2"
         {"weight_mask": 20.0, "weight_dice": 1.0, "weight_iou": 1.0, "weight_class": 1.0}

@@ -171,6 +171,12 @@ def test_let_loss_matches_the_spec_formulas():
         scale = n_obj if key in ("loss_semantic", "loss_patch", "loss_structure") else 1
         np.testing.assert_allclose(float(per_gpu[key]), scale * float(got[key]), rtol=1e-6, err_msg=key)
 
+    # The switch that trains every mask's IoU (off in the reference): the IoU term becomes the mean over masks.
+    config = losses.LETLossConfig(supervise_all_iou=True)
+    all_iou = losses.let_loss(jax_stages, jnp.asarray(targets), jnp.asarray(struct_target), jnp.float32(n_obj), config)
+    assert float(all_iou["loss_iou"]) != float(got["loss_iou"])
+    np.testing.assert_allclose(float(all_iou["loss_mask"]), float(got["loss_mask"]), rtol=1e-6)
+
 
 def test_semantic_term_of_an_all_background_prediction_has_finite_gradients():
     """F.normalize of a zero vector has gradient 0 in torch; a prediction with no foreground must not give NaN."""

@@ -1,7 +1,10 @@
 """Clip samplers (spec 4.2), augmentation (spec 4.7) and the grain training pipeline (spec 4.1)."""
 
 import dataclasses
+import os
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from robotseg_jax.data import (
     vrs_tfds,
 )
 from robotseg_jax.data.samplers import BidirectionalSampler, UniformSampler
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SIZE = 64
 TRAIN_FRAMES, TEST_FRAMES = 7, 4
@@ -214,7 +219,7 @@ def tiny_vrs(tmp_path_factory):
         masks = {c: rectangles(rng, TEST_FRAMES) for c in vrs_layout.CATEGORIES}
         vrs_layout.write_video(root, "test", f"test_{v}", frames, masks, "mask_gt")
     tfds_builders.build("vrs", manual_dir=root, data_dir=data_dir)
-    return vrs_tfds.open_split("vrs", "train", data_dir), vrs_tfds.open_split("vrs", "test", data_dir)
+    return vrs_tfds.open_split("vrs", "train", data_dir), vrs_tfds.open_split("vrs", "test", data_dir), data_dir
 
 
 def let_source(tiny_vrs, batch_size=2):
@@ -253,7 +258,29 @@ def test_let_batches(tiny_vrs):
         assert batch["masks"][:, 0].any(axis=(1, 2)).all()  # the first frame always shows the object
         # The gripper of train_0 is absent from frame 0, so that sample is always replaced by another one.
         assert not any(v == hidden_gripper and c == 1 for v, c in zip(batch["video_index"], batch["category"]))
-    assert "tensorflow" not in sys.modules
+
+
+def test_reading_and_the_pipeline_never_import_tensorflow(tiny_vrs):
+    """TensorFlow is installed (clu's TensorBoard writer needs it), but reading TFDS and making batches, in the
+    trainer and in grain's worker processes, must not pay for importing it."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import tensorflow_datasets as tfds
+        from robotseg_jax.data import pipeline, vrs_tfds
+        from robotseg_jax.data.samplers import BidirectionalSampler
+        example = tfds.data_source("vrs", split="test", data_dir={tiny_vrs[2]!r})[0]  # TFDS's own decoding
+        assert example["frames"][0].ndim == 3
+        source = pipeline.ClipSource(vrs_tfds.open_split("vrs", "train", {tiny_vrs[2]!r}), BidirectionalSampler(7),
+                                     2, "mask_gt_dinov3")
+        next(pipeline.make_train_iterator(source, image_size=32, seed=0, shard_index=0, shard_count=1))
+        print("TF_IMPORTED", "tensorflow" in sys.modules)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "TF_IMPORTED False" in result.stdout
 
 
 def test_unaugmented_batches_match_the_stored_frames_and_masks(tiny_vrs):

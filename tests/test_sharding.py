@@ -83,9 +83,9 @@ def test_train_step_on_8_devices_equals_the_single_device_step():
         """
     )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, check=False,
                             timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-3000:]}"
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.split(" ", 1)[0].isupper())
     single, sharded = map(float, lines["LOSSES"].split())
     assert np.isfinite(single) and abs(single - sharded) <= 1e-4 * abs(single)

@@ -111,13 +111,13 @@ def test_resume_after_sigterm_repeats_the_uninterrupted_losses(sim_data, tmp_pat
     np.testing.assert_allclose([resumed[s] for s in range(1, 5)], [expected[s] for s in range(1, 5)], rtol=1e-5)
 
 
-def _tiny_step(model_name="robotseg_hiera_t", plan=None, step_config=StepConfig(), num_frames=2, batch=1):
+def _tiny_step(model_name="robotseg_hiera_t", plan=None, step_config=None, num_frames=2, batch=1):
     config = get_model_config(model_name, image_size=SIZE)
     model = build_model(config)
     params = initial_params(config, None, seed=0)
     optimizer = make_optimizer(params, OptimizerConfig(total_steps=10))
     state = init_train_state(params, optimizer, seed=0)
-    step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, config=step_config),
+    step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, config=step_config or StepConfig()),
                    static_argnames="plan")
     if plan is None:
         plan, from_gt = draw_prompts(np.random.default_rng(0), ROBOTSEG, num_frames)
@@ -163,7 +163,6 @@ def test_paper_config_runs_one_step_at_reduced_size(sim_data, tmp_path):
     config.total_steps = 1
     config.data.name = "vrs_sim"
     config.data.data_dir = sim_data.data_dir
-    config.data.mask_dir = "mask_gt"  # VRS-Sim has no DINOv3 pseudo masks
     config.data.batch_size = 1
     config.data.num_workers = 0
     config.data.images.name = "vrs_sim"

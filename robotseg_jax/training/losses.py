@@ -175,6 +175,10 @@ class LETLossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     iou_use_l1_loss: bool = True
+    # robotseg-train.yaml sets supervise_all_iou, but the reference LET loss ignores it and trains the IoU head on
+    # the selected mask only (spec 3.2). True trains all masks' IoUs, which inference needs to pick among the 3
+    # masks when the IoU head does not start from SAM 2.1's (training from scratch).
+    supervise_all_iou: bool = False
 
     @property
     def weights(self) -> dict[str, float]:
@@ -240,7 +244,7 @@ def let_loss(
     cycle_config = SAM2LossConfig(
         weight_mask=config.weight_mask, weight_dice=config.weight_dice, weight_iou=config.weight_iou,
         weight_class=config.weight_class, focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
-        supervise_all_iou=False, iou_use_l1_loss=config.iou_use_l1_loss, pred_obj_scores=True,
+        supervise_all_iou=config.supervise_all_iou, iou_use_l1_loss=config.iou_use_l1_loss, pred_obj_scores=True,
     )
     # The anchor: stage 0's backbone features averaged under stage 0's (downsampled) target; not detached.
     anchor_weights = resize_bilinear_nchw(targets[0].astype(jnp.float32), grid)
