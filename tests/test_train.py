@@ -29,6 +29,8 @@ from robotseg_jax.training.train_step import StepConfig, init_train_state, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
+# Each test here takes several GB of RAM: under xdist one worker runs them in sequence (pyproject's loadgroup).
+pytestmark = pytest.mark.xdist_group("training")
 
 
 @pytest.fixture(scope="module")
