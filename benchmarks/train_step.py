@@ -49,7 +49,8 @@ def synthetic_batch(batch: int, num_frames: int, size: int) -> dict:
 def time_variant(model, params, batch, plan, from_gt, step_config: StepConfig, steps: int) -> tuple[float, float]:
     """(compile seconds, seconds per step) of one variant."""
     optimizer = make_optimizer(params, OptimizerConfig(total_steps=1000))
-    state = init_train_state(params, optimizer, seed=0)
+    # The step donates its state: give each variant its own copy of the params.
+    state = init_train_state(jax.tree.map(jnp.copy, params), optimizer, seed=0)
     step = jax.jit(
         functools.partial(train_step, model=model, optimizer=optimizer, config=step_config, plan=plan),
         donate_argnums=0,
