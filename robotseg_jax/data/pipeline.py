@@ -32,6 +32,7 @@ Typical use (LET training on VRS with RoboEngine-style images):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -56,6 +57,11 @@ class ClipSource:
     sampler: samplers.ClipSampler
     batch_size: int
     mask_dir: str = "mask_gt"
+
+    @functools.cached_property
+    def pairs(self) -> np.ndarray:
+        """`video_category_pairs` of the source, read once (it reads every record)."""
+        return video_category_pairs(self.videos, self.mask_dir)
 
 
 def make_train_iterator(
@@ -149,7 +155,7 @@ def _source_batches(
     source: ClipSource, *, seed: int, image_size: int, augment: bool, shard_index: int, shard_count: int
 ) -> tuple[grain.MapDataset, int]:
     """One epoch of this shard's batches of `source`, and the source's global number of samples."""
-    pairs = video_category_pairs(source.videos, source.mask_dir)
+    pairs = source.pairs
     per_shard = len(pairs) // shard_count
     if per_shard < source.batch_size:
         raise ValueError(

@@ -34,10 +34,6 @@ class TrainCheckpoints:
         )
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
-    @property
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
     def save(
         self, step: int, state: TrainState, iterator: grain.DatasetIterator, val_jf: float | None = None, force=False
     ) -> None:

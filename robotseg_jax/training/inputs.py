@@ -79,8 +79,7 @@ def steps_per_epoch(video: pipeline.ClipSource, image: pipeline.ClipSource | Non
     sources = [video] if image is None else [video, image]
     total = 0
     for source in sources:
-        pairs = len(pipeline.video_category_pairs(source.videos, source.mask_dir))
-        total += pairs // (source.batch_size * jax.process_count())
+        total += len(source.pairs) // (source.batch_size * jax.process_count())
     return max(total, 1)
 
 
