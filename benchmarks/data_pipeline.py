@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+from robotseg_jax.constants import PSEUDO_MASK_DIR
 from robotseg_jax.data import pipeline, tfds_builders, vrs_tfds
 from robotseg_jax.data.samplers import BidirectionalSampler, UniformSampler
 
@@ -64,11 +65,11 @@ def main(argv: list[str] | None = None) -> None:
               f"in {time.perf_counter() - start:.1f}s")
         videos = vrs_tfds.open_split("vrs_sim", "train", data_dir)
         start = time.perf_counter()
-        num_samples = len(pipeline.video_category_pairs(videos, "mask_gt_dinov3"))
+        num_samples = len(pipeline.video_category_pairs(videos, PSEUDO_MASK_DIR))
         print(f"sample index ({num_samples} video-category pairs): {time.perf_counter() - start:.2f}s")
         settings = {
-            "LET clips (7 frames, batch 1)": pipeline.ClipSource(videos, BidirectionalSampler(7), 1, "mask_gt_dinov3"),
-            "images (1 frame, batch 4)": pipeline.ClipSource(videos, UniformSampler(1), 4, "mask_gt_dinov3"),
+            "LET clips (7 frames, batch 1)": pipeline.ClipSource(videos, BidirectionalSampler(7), 1, PSEUDO_MASK_DIR),
+            "images (1 frame, batch 4)": pipeline.ClipSource(videos, UniformSampler(1), 4, PSEUDO_MASK_DIR),
         }
         print(f"{os.cpu_count()} CPUs, {args.workers} grain workers, augmentation on")
         for size in (int(s) for s in args.sizes.split(",")):

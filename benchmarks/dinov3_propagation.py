@@ -1,10 +1,10 @@
-"""Throughput of DINOv3 pseudo-label propagation (spec 4.5): frames/s of feature extraction (resize, ViT) plus
+"""Throughput of DINOv3 pseudo-label propagation (RobotSeg's generate_pseudo_masks): frames/s of feature extraction (resize, ViT) plus
 propagation of all three categories, with random weights on random frames.
 
     python -m benchmarks.dinov3_propagation [--model vits16] [--source 720x1280] [--short-side 960]
         [--frames 8] [--batch-size 4] [--categories 3]
 
-A source frame of HxW is resized by the spec's rule (short side to --short-side, both sides up to multiples of 16);
+A source frame of HxW is resized by the original's rule (short side to --short-side, both sides up to multiples of 16);
 the ViT then sees (H'/16)x(W'/16) patches. The first chunk (compilation) is not timed.
 """
 
@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from robotseg_jax.teacher import dinov3, propagate
+from robotseg_jax.teacher import dinov3, label_propagation
 from robotseg_jax.teacher.features import resize_frame, resized_size, vit_feature_fn
 
 
@@ -43,9 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     h, w = height // config.patch_size, width // config.patch_size
     first_mask = np.zeros(args.source, bool)
     first_mask[: args.source[0] // 2] = True
-    first_probs = np.stack([propagate.first_frame_probs(first_mask, (h, w))] * args.categories)
-    contexts = jax.tree.map(lambda x: np.stack([x] * args.categories), propagate.empty_context(h * w, config.embed_dim))
-    kinds = np.full((args.categories, args.batch_size), propagate.PROPAGATE, np.int32)
+    first_probs = np.stack([label_propagation.first_frame_probs(first_mask, (h, w))] * args.categories)
+    empty = label_propagation.empty_context(h * w, config.embed_dim)
+    contexts = jax.tree.map(lambda x: np.stack([x] * args.categories), empty)
+    kinds = np.full((args.categories, args.batch_size), label_propagation.PROPAGATE, np.int32)
     ids = list(range(args.batch_size))
     print(f"{args.model} on {jax.devices()[0].platform}: {args.source[0]}x{args.source[1]} frames -> {height}x{width} "
           f"({h}x{w} = {h * w} patches), batch {args.batch_size}, {args.categories} categories")
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
             vit_at = time.perf_counter()
             chunk_kinds = kinds.copy()
             if chunk == 0:
-                chunk_kinds[:, 0] = propagate.START
-            contexts, _, masks = propagate.propagate_chunk(
+                chunk_kinds[:, 0] = label_propagation.START
+            contexts, _, masks = label_propagation.propagate_chunk(
                 contexts, feats, chunk_kinds, first_probs, mask_size=args.source
             )
             jax.block_until_ready(masks)

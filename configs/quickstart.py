@@ -7,6 +7,7 @@ builds it as TFDS, evaluates the untrained model, trains the full robotseg_hiera
 3-frame bidirectional clips, validates, evaluates again (automatic mode, whole robot) and writes results.json,
 overlay.gif, TensorBoard logs and the trained params (<workdir>/params, loadable by evaluate/predict/convert
 with --config.image_size=128 / --image-size 128). VRS-Sim's exact masks stand in for DINOv3 pseudo masks.
+Everything not set here is configs/robotseg_hiera_t.py.
 """
 
 from ml_collections import config_dict
@@ -17,25 +18,29 @@ from configs import robotseg_hiera_t
 def get_config() -> config_dict.ConfigDict:
     c = robotseg_hiera_t.get_config()
     c.image_size = 128
-    c.model_overrides = config_dict.ConfigDict({"hiera_drop_path_rate": 0.0})
+    c.model_overrides.hiera_drop_path_rate = 0.0
     c.seed = 0
 
-    c.data.name = "vrs_sim"  # its train split has first-frame mask_gt and exact masks as mask_gt_dinov3, like VRS
+    c.data.name = "vrs_sim"  # its train split has first-frame GT and exact masks as pseudo masks, like VRS
     c.data.num_frames = 3  # [0, s, 0]: every LET role (cycle, semantic/patch, structure) at a third of the cost
     c.data.batch_size = 4
-    c.data.num_workers = 0
-    c.data.images = None
-    c.data.sim = config_dict.ConfigDict(
-        {"out": config_dict.placeholder(str), "videos": 36, "frames": 8, "size": 128, "seed": 0,
-         "holdout_embodiment": "xarm6", "workers": 2}
-    )
+    c.data.num_workers = 0  # batches are made in the training process
+    c.data.images = None  # videos only
+    c.data.sim = config_dict.ConfigDict()  # rendered into <workdir>/data when the TFDS dataset is absent
+    c.data.sim.out = config_dict.placeholder(str)  # the VRS layout folder (None: <workdir>/data/vrs_sim)
+    c.data.sim.videos = 36
+    c.data.sim.frames = 8  # per video
+    c.data.sim.size = 128  # square frames, pixels
+    c.data.sim.seed = 0
+    c.data.sim.holdout_embodiment = "xarm6"  # all its videos go to test
+    c.data.sim.workers = 2  # rendering processes
     # Robot prompts (the automatic mode evaluated below) and single clicks; no boxes and no mask prompts, which
     # would each add a program to compile (about 80 s apiece on 2 CPU cores).
     c.prompts.prob_robot = 0.6
     c.prompts.prob_point = 0.4
     c.prompts.prob_box = 0.0
     # From scratch the IoU head must learn to rank all 3 masks (the reference LET trains only the selected one's).
-    c.let_loss.supervise_all_iou = True
+    c.let_loss.cycle.supervise_all_iou = True
     c.optimizer.base_lr = 1e-3
     c.optimizer.vision_lr = 1e-3  # from scratch: the image encoder learns as fast as the rest
     c.optimizer.layer_decay = 1.0

@@ -9,22 +9,32 @@ RobotSeg's new parameters are initialised (PyTorch's defaults, from `--seed`). W
 that lacks keys is an error, so nothing is ever filled in by accident.
 
     python -m robotseg_jax.convert --from-torch sam2.1_hiera_tiny.pt --model robotseg_hiera_t --init-from-sam2 --out DIR
+
+A checkpoint that cannot be converted (no file, not a checkpoint, another model) ends the command with a message
+that names the file and the problem (exit status 2; `ROBOTSEG_TRACEBACK=1` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 import jax
 
+from robotseg_jax import cli
 from robotseg_jax.checkpoints import convert
 from robotseg_jax.checkpoints.torch_keys import BUFFER_KEYS, count_params, flax_to_torch
 from robotseg_jax.modeling.config import MODEL_CONFIGS, RobotSegConfig, get_model_config
 
 
+PROG = "python -m robotseg_jax.convert"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Converts as the arguments ask. Raises CheckpointError (a robotseg_jax.errors.UserError) when the input
+    checkpoint cannot be converted; the command line reports it."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from-torch", metavar="PT", help="PyTorch checkpoint ({'model': state_dict}) to read")
     direction.add_argument("--to-torch", action="store_true", help="write a PyTorch checkpoint from --from DIR")
@@ -45,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_torch:
         state_dict = convert.load_torch_state_dict(args.from_torch)
         if args.init_from_sam2:
-            params = convert.init_from_sam2(state_dict, config, jax.random.key(args.seed))
+            params = convert.init_from_sam2(state_dict, config, jax.random.key(args.seed), source=args.from_torch)
         else:
-            params = convert.torch_to_params(state_dict, config)
+            params = convert.torch_to_params(state_dict, config, source=args.from_torch)
         convert.save_params(args.out, params, config.name)
         total, note = count_params(params), ""
         if args.init_from_sam2:
@@ -64,4 +74,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

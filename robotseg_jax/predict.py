@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from robotseg_jax import cli
+from robotseg_jax.checkpoints.convert import CheckpointError
+from robotseg_jax.errors import OutputDirError, make_output_dir
 from robotseg_jax.inference import RobotSegVideoPredictor, build_video_predictor
 from robotseg_jax.inference.video_io import VideoFrames, open_video
 from robotseg_jax.inference.visualize import overlay, write_gif
 from robotseg_jax.modeling.config import MODEL_CONFIGS, RobotSegConfig, get_model_config
-from robotseg_jax.modeling.mask_decoder import ROBOT_CATEGORIES
+from robotseg_jax.constants import ROBOT_CATEGORIES
 
 OBJ_ID = 1
 GIF_FRAME_MS = 100
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--frame", type=int, default=0, help="index of the prompted frame (default 0)")
     parser.add_argument("--image-size", type=int, help="model input size (default: the model's, 1024)")
+    parser.add_argument(
+        "--seed", type=int, help="seed of RobotSeg's random draws (RPG); default: fresh ones, as the original"
+    )
     parser.add_argument("--out", required=True, help="output directory")
     return parser
 
@@ -104,6 +108,10 @@ def _check_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     for x, y in corners:
         if not (0 <= x <= width and 0 <= y <= height):
             parser.error(f"prompt point ({x:g}, {y:g}) is outside the {width}x{height} frame")
+    try:
+        make_output_dir(os.path.join(args.out, "masks"), "--out folder")
+    except OutputDirError as err:
+        parser.error(str(err))
     return video
 
 
@@ -124,10 +132,9 @@ def _read_mask(path: str, video: VideoFrames, parser: argparse.ArgumentParser) -
 def _load_predictor(args: argparse.Namespace, parser: argparse.ArgumentParser):
     overrides = {} if args.image_size is None else {"image_size": args.image_size}
     try:
-        return build_video_predictor(args.model, args.checkpoint, **overrides)
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
-        # torch.load reports a file that is not a checkpoint as RuntimeError or UnpicklingError.
-        parser.error(f"cannot load the checkpoint {args.checkpoint}: {err}")
+        return build_video_predictor(args.model, args.checkpoint, seed=args.seed, **overrides)
+    except CheckpointError as err:  # names the file and the problem
+        parser.error(f"cannot load the checkpoint: {err}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(mask_dir, exist_ok=True)
     overlays = {}
     directions = [False] + ([True] if args.frame > 0 else [])
-    # RobotSeg's propagate_in_video requires a category (spec §5): --robot's, or None (no class token) after a prompt.
+    # RobotSeg's propagate_in_video requires a category: --robot's, or None (no class token) after a prompt.
     category = {"robot": args.robot} if isinstance(predictor, RobotSegVideoPredictor) else {}
     with tqdm(total=video.num_frames, desc="segmenting", unit="frame") as progress:
         for reverse in directions:
@@ -175,4 +182,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -25,7 +25,10 @@ from absl import app, flags, logging
 from clu import metric_writers, periodic_actions
 from ml_collections import config_dict, config_flags
 
-from robotseg_jax.checkpoints.convert import initial_params, save_params
+from robotseg_jax import cli
+from robotseg_jax.checkpoints.convert import check_initial_checkpoint, initial_params, save_params
+from robotseg_jax.config_sections import dataclass_from_config
+from robotseg_jax.errors import ConfigValueError, make_output_dir
 from robotseg_jax.inference.visualize import write_gif
 from robotseg_jax.modeling.config import get_model_config
 from robotseg_jax.modeling.robotseg import build_model
@@ -62,7 +65,9 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
     # mesh -> input
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     if config.data.batch_size % mesh.size:
-        raise ValueError(f"data.batch_size={config.data.batch_size} must be a multiple of the {mesh.size} devices")
+        raise ConfigValueError(
+            f"data.batch_size={config.data.batch_size} must be a multiple of the {mesh.size} devices"
+        )
     inputs.ensure_dataset(config.data, log=logging.info)
     train_iter, steps_per_epoch = inputs.make_iterator(config.data, config.image_size, config.seed)
     total_steps = config.total_steps or config.num_epochs * steps_per_epoch
@@ -72,7 +77,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
     model_config = get_model_config(config.model, **model_overrides)
     model = build_model(model_config)
     params = initial_params(model_config, config.init_checkpoint, config.seed)
-    optimizer_config = OptimizerConfig(total_steps=total_steps, **config.optimizer)
+    optimizer_config = dataclass_from_config(OptimizerConfig, config.optimizer, total_steps=total_steps)
     optimizer = make_optimizer(params, optimizer_config)
     params = sharding.shard_params(params, mesh, config.mesh.fsdp_rules)
     state = sharding.init_sharded(lambda p: init_train_state(p, optimizer, config.seed), params, mesh)
@@ -95,14 +100,18 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
         logging.info("resumed from step %d", int(state.step))
     first_step = int(state.step)
 
-    validator = Validator(config.eval, config.model, model_overrides) if config.eval.every_steps != 0 else None
+    validator = None
+    if config.eval.every_steps != 0:
+        validator = Validator(config.eval, config.model, model_overrides, config.seed)
     eval_every = config.eval.every_steps or steps_per_epoch
-    final = Validator(config.final_eval, config.model, model_overrides) if config.final_eval.enabled else None
+    final = None
+    if config.final_eval.enabled:
+        final = Validator(config.final_eval, config.model, model_overrides, config.seed)
     results: dict = {}
     if final is not None and config.final_eval.compare_untrained:
         results["untrained"] = _untrained_results(final, state, workdir, first_step)
 
-    prompt_config = PromptConfig(**config.prompts)
+    prompt_config = dataclass_from_config(PromptConfig, config.prompts)
     hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)]
     if config.profile_steps and jax.process_index() == 0:
         hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps, logdir=workdir))
@@ -148,6 +157,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
     if final is not None and step == total_steps:
         results["trained"] = _final_results(final, state, config, workdir)
         results["steps"] = total_steps
+        results["seeds"] = _seeds(config)
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "results.json"), "w") as f:
                 json.dump(results, f, indent=2)
@@ -162,8 +172,8 @@ def _step_config(config: config_dict.ConfigDict) -> StepConfig:
         unroll = jax.default_backend() == "cpu"
     return StepConfig(
         loss=config.loss,
-        let=LETLossConfig(**config.let_loss),
-        sam2=SAM2LossConfig(**config.sam2_loss),
+        let=dataclass_from_config(LETLossConfig, config.let_loss),
+        sam2=dataclass_from_config(SAM2LossConfig, config.sam2_loss),
         compute_dtype=config.compute_dtype,
         unroll_stages=unroll,
     )
@@ -227,6 +237,15 @@ def _evaluation_record(validator: Validator, params, out_dir: str) -> dict:
     return {"J&F": metrics["J&F"], "scores": per_embodiment}
 
 
+def _seeds(config: config_dict.ConfigDict) -> dict:
+    """Every seed the run's numbers depend on: `seed` drives the params (without a checkpoint), the data order,
+    augmentation and prompts, and the evaluation's RPG draws; `data.sim.seed` the rendered dataset."""
+    seeds = {"seed": config.seed}
+    if config.data.sim is not None:
+        seeds["data.sim.seed"] = config.data.sim.seed
+    return seeds
+
+
 def _untrained_results(final: Validator, state, workdir: str, first_step: int) -> dict:
     """The final evaluation of the starting params, done once before training and kept for restarts."""
     path = os.path.join(workdir, "untrained_eval.json")
@@ -253,16 +272,26 @@ def _final_results(final: Validator, state, config: config_dict.ConfigDict, work
     return record
 
 
+def check_before_training(config: config_dict.ConfigDict, workdir: str) -> None:
+    """Fails fast, before any data is rendered or built and before anything compiles, on the user errors of the
+    command line: an unknown model or model override, an image size the model cannot take, a missing or unfitting
+    init_checkpoint, a workdir that cannot be created."""
+    model_config = get_model_config(config.model, **{"image_size": config.image_size, **config.model_overrides})
+    check_initial_checkpoint(model_config, config.init_checkpoint)
+    make_output_dir(workdir, "--workdir")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = flags.FLAGS.config
     if config.distributed:
         jax.distributed.initialize()
+    check_before_training(config, flags.FLAGS.workdir)
     results = train_and_evaluate(config, flags.FLAGS.workdir)
     if results:
         print(json.dumps({k: v["J&F"] if isinstance(v, dict) else v for k, v in results.items()}, indent=2))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, absl_flags=True)  # user errors: one message, exit status 2 (ROBOTSEG_TRACEBACK=1: traceback)

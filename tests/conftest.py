@@ -1,9 +1,55 @@
-"""Test-wide settings: float32 matmuls at full precision so parity with PyTorch holds on any backend."""
+"""Test-wide settings and shared fixtures.
+
+Settings: float32 matmuls at full precision so parity with PyTorch holds on any backend.
+
+Tests that need PyTorch or the `sam2` reference package carry the `reference` marker (registered in
+pyproject.toml), so `-m "not reference"` runs the rest and `-m reference` only them. Tests that use the reference
+fixtures below are marked automatically.
+"""
 
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 
 import jax
+import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# Fixtures that build sam2 models: a test that uses one (directly or through another fixture) needs the reference.
+REFERENCE_FIXTURES = ("sam21_reference", "sam21_checkpoint_reference", "sam21_checkpoint")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on the markers
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in REFERENCE_FIXTURES):
+            item.add_marker(pytest.mark.reference)
+
+
+@pytest.fixture(scope="session")
+def sam21_reference():
+    """sam2's SAM 2.1 Hiera-T (`SAM2Base`, CPU, eval mode) at image size 256 with random perturbed weights (seed
+    0): the reference of the module parity tests. Shared by the whole session; do not modify it."""
+    from tests.reference import build_reference
+
+    return build_reference("sam2.1_hiera_t", image_size=256, seed=0)
+
+
+@pytest.fixture(scope="session")
+def sam21_checkpoint_reference():
+    """sam2's SAM 2.1 Hiera-T with random perturbed weights (seed 5), built at image size 128: the model whose
+    weights `sam21_checkpoint` holds (the params do not depend on the image size). Do not modify it."""
+    from tests.reference import build_reference
+
+    return build_reference("sam2.1_hiera_t", image_size=128, seed=5)
+
+
+@pytest.fixture(scope="session")
+def sam21_checkpoint(sam21_checkpoint_reference, tmp_path_factory) -> str:
+    """`sam21_checkpoint_reference`'s weights as an official SAM 2.1 `.pt` file (`{"model": state_dict}`)."""
+    from tests.reference import save_official_checkpoint
+
+    path = tmp_path_factory.mktemp("sam21_checkpoint") / "sam2.1_hiera_t.pt"
+    save_official_checkpoint(sam21_checkpoint_reference, path)
+    return str(path)

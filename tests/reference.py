@@ -30,6 +30,13 @@ def build_reference(model_name: str = "sam2.1_hiera_t", image_size: int = 256, s
     return perturb_(model, seed)
 
 
+def save_official_checkpoint(model: torch.nn.Module, path) -> None:
+    """Writes a reference model's weights as Meta releases them: `{"model": state_dict}` in a `.pt` file."""
+    from robotseg_jax.checkpoints.convert import save_torch_state_dict
+
+    save_torch_state_dict({k: v.numpy() for k, v in model.state_dict().items()}, path)
+
+
 def to_flax(torch_module: torch.nn.Module, params_template, prefix: str = "") -> dict:
     """Converts a reference module's state_dict with the project's converter."""
     return torch_to_flax(torch_module.state_dict(), params_template, prefix=prefix)

@@ -15,6 +15,8 @@ from robotseg_jax.modeling.common import (
 )
 from tests.reference import max_abs_diff, nchw_to_nhwc
 
+pytestmark = pytest.mark.reference
+
 SIZES = [((7, 9), (64, 48)), ((64, 64), (16, 16)), ((1024, 1024), (64, 64)), ((5, 3), (13, 2)), ((2, 2), (82, 3))]
 
 

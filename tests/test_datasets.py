@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from robotseg_jax.constants import ROBOT_CATEGORIES
 from robotseg_jax.data import tfds_builders, vrs_layout, vrs_tfds
 from robotseg_jax.data.vrs_layout import VRSLayoutError
 
@@ -17,7 +18,7 @@ TRAIN_VIDEOS = ("train_video_0000___01_franka___a_clip_00001", "train_video_0001
 TEST_VIDEOS = ("test_video_0000", "test_video_0001")
 
 
-def random_video(seed: int, categories=vrs_layout.CATEGORIES):
+def random_video(seed: int, categories=ROBOT_CATEGORIES):
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 256, (NUM_FRAMES, HEIGHT, WIDTH, 3), dtype=np.uint8)
     masks = {c: rng.random((NUM_FRAMES, HEIGHT, WIDTH)) > 0.6 for c in categories}
@@ -28,7 +29,7 @@ def write_real_vrs(root: str) -> None:
     """Real VRS shape: train has first-frame GT plus dense pseudo masks (the second video has no gripper folder),
     test has dense GT."""
     for i, video in enumerate(TRAIN_VIDEOS):
-        frames, masks = random_video(i, vrs_layout.CATEGORIES if i == 0 else ("arm", "robot"))
+        frames, masks = random_video(i, ROBOT_CATEGORIES if i == 0 else ("arm", "robot"))
         vrs_layout.write_video(root, "train", video, frames, masks, "mask_gt", label_frames=[0])
         vrs_layout.write_video(root, "train", video, frames, masks, "mask_gt_dinov3")
     for i, video in enumerate(TEST_VIDEOS):
@@ -63,7 +64,7 @@ def test_vrs_builds_every_split_and_reads_back_the_layout(real_vrs):
                 with open(vrs_layout.frame_path(root, split, video, t), "rb") as f:
                     assert data == f.read()  # the JPEG is stored as it is on disk
             for mask_dir in vrs_tfds.MASK_DIRS:
-                for category in vrs_layout.CATEGORIES:
+                for category in ROBOT_CATEGORIES:
                     track = example[mask_dir][category]
                     for t in range(NUM_FRAMES):
                         expected = vrs_layout.read_mask(root, split, video, category, t, mask_dir)

@@ -52,6 +52,7 @@ def flax_tokens(config, params, images_nchw: torch.Tensor, masked=None) -> np.nd
     return np.concatenate([np.asarray(out.cls_token)[:, None], np.asarray(out.storage_tokens), patches], axis=1)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize(
     "variant, depth",
     [("vits16", 2), ("vith16plus", 1)],  # real widths, heads and FFN types (MLP; SwiGLU 5120), reduced depth
@@ -68,6 +69,7 @@ def test_matches_transformers(variant, depth):
     assert diff <= 1e-4
 
 
+@pytest.mark.reference
 def test_masked_patches_match_transformers():
     model = hf_model(TINY_SWIGLU)
     params = ckpt.official_to_flax(ckpt.hf_to_official(model.state_dict(), TINY_SWIGLU), TINY_SWIGLU)
@@ -77,6 +79,7 @@ def test_masked_patches_match_transformers():
     assert np.abs(flax_tokens(TINY_SWIGLU, params, images, masked) - expected.numpy()).max() <= 1e-4
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("config", [TINY, TINY_SWIGLU], ids=["mlp", "swiglu"])
 def test_round_trips_official_hf_flax(config):
     model = hf_model(config)
@@ -112,6 +115,7 @@ def official_keys(config: dinov3.DinoV3Config) -> set[str]:
     return keys
 
 
+@pytest.mark.reference
 def test_loading_checkpoint_files(tmp_path):
     params = dinov3.random_params(TINY_SWIGLU, seed=3)
     official = ckpt.flax_to_official(params)

@@ -1,4 +1,5 @@
-"""Edge cues (spec §1.3, §4.4) against kornia 0.9.0 and against torch implementations of the spec's formulas.
+"""Edge cues (SEMA's Canny edge map, LET's Laplacian structure target) against kornia 0.9.0 and against torch
+implementations of the original's formulas (kornia <= 0.8.2's strict NMS, the structure loss's Laplacian).
 
 NMS compares magnitudes that often tie in exact arithmetic (ramps, symmetric steps). Which pixel survives such a
 tie depends on the last bit of the float computation, and that is not reproducible even within torch: its CPU
@@ -65,12 +66,12 @@ def synthetic_image(kind: str, height: int, width: int) -> np.ndarray:
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
-    """The model input: ImageNet normalisation (spec §1.3: EdgeMap sees this, not the 0..1 image)."""
+    """The model input: ImageNet normalisation (the original's EdgeMap sees this, not the 0..1 image)."""
     return (image - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def torch_gray(image: np.ndarray) -> torch.Tensor:
-    """`_safe_to_gray` of spec §1.3 step 1 in torch, for `[B, H, W, 3]` float: `[B, 1, H, W]`."""
+    """The original's `_safe_to_gray` in torch, for `[B, H, W, 3]` float: `[B, 1, H, W]`."""
     x = torch.from_numpy(image).permute(0, 3, 1, 2)
     if x.max() > 1.5:
         x = x / 255.0
@@ -82,9 +83,9 @@ def reference_gradients(gray: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return grads[:, :, 0], grads[:, :, 1]
 
 
-def spec_strict_canny(gray: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Spec §1.3's magnitude written out: kornia's blur and Sobel, degrees rounded to 45, and NMS by difference
-    convolutions with zero padding, kept where both differences are strictly positive."""
+def strict_canny_reference(gray: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The NMS magnitude of kornia <= 0.8.2's canny written out: kornia's blur and Sobel, degrees rounded to 45, and
+    NMS by difference convolutions with zero padding, kept where both differences are strictly positive."""
     gx, gy = reference_gradients(gray)
     magnitude = torch.sqrt(gx * gx + gy * gy + eps)
     degrees = torch.round((180.0 * torch.atan2(gy, gx) / math.pi) / 45.0) * 45.0
@@ -165,6 +166,7 @@ def assert_batch_matches(ours, reference: np.ndarray, gray: torch.Tensor, bounds
         assert_matches_off_near_ties(np.asarray(ours)[i], reference[i], ambiguous[i], max_flips)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("size", list(BATCHES), ids=lambda size: f"{size[0]}x{size[1]}")
 @pytest.mark.parametrize("normalised", [False, True], ids=["unit_range", "imagenet_normalised"])
 def test_opencv_ties_match_installed_kornia(size, normalised):
@@ -175,21 +177,25 @@ def test_opencv_ties_match_installed_kornia(size, normalised):
     assert_batch_matches(jit_canny(jnp.asarray(gray[:, 0].numpy()), nms_ties="opencv"), reference, gray, bounds)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("size", list(BATCHES), ids=lambda size: f"{size[0]}x{size[1]}")
 @pytest.mark.parametrize("normalised", [False, True], ids=["unit_range", "imagenet_normalised"])
-def test_strict_ties_match_spec_formula(size, normalised):
+def test_strict_ties_match_the_kornia_0_8_formula(size, normalised):
     gray, bounds = batch_gray(size, normalised)
-    reference = spec_strict_canny(gray)[:, 0].numpy()
+    reference = strict_canny_reference(gray)[:, 0].numpy()
     assert_batch_matches(jit_canny(jnp.asarray(gray[:, 0].numpy()), nms_ties="strict"), reference, gray, bounds)
 
 
+@pytest.mark.reference
 def test_tie_rules_agree_on_natural_images():
     gray = jnp.asarray(batch_gray((80, 144), normalised=False)[0][:2, 0].numpy())  # the two natural images
     np.testing.assert_array_equal(jit_canny(gray, nms_ties="strict"), jit_canny(gray, nms_ties="opencv"))
 
 
+@pytest.mark.reference
 def test_edge_map_end_to_end_batched():
-    """The whole EdgeMap on a batch of model inputs `[B, H, W, 3]`, against spec §1.3 done in torch + kornia."""
+    """The whole EdgeMap on a batch of model inputs `[B, H, W, 3]`, against the original's computation in torch +
+    kornia 0.9.0 (`_safe_to_gray`, the first return value of canny, float32, clamped to [0, 1])."""
     images = np.stack([normalise(natural_image(4, 64, 64)), normalise(synthetic_image("disc_and_box", 64, 64))])
     gray = torch_gray(images)
     reference = kornia.filters.canny(gray, 0.1, 0.2)[0].float().clamp(0, 1).permute(0, 2, 3, 1).numpy()
@@ -199,7 +205,7 @@ def test_edge_map_end_to_end_batched():
 
 
 def test_gray_regime_switch_is_global_over_the_batch():
-    """Spec §1.3/§7.1: one bright pixel anywhere in the batch divides every image by 255."""
+    """As in the original: one bright pixel (> 1.5) anywhere in the batch divides every image by 255."""
     dark = np.full((1, 4, 4, 3), 0.5, np.float32)
     bright = dark.copy()
     bright[0, 0, 0, 0] = 2.0
@@ -225,7 +231,8 @@ def test_gray_channel_rules():
 
 
 def torch_laplacian_target(mask: np.ndarray) -> np.ndarray:
-    """Spec §4.4 with torch conv2d: kernel of ones with -8 at the centre, /16, reflect border, per-sample max."""
+    """The structure-loss target with torch conv2d: kernel of ones with -8 at the centre, /16, reflect border,
+    divided by the per-sample max + 1e-6."""
     kernel = torch.ones(1, 1, 3, 3)
     kernel[0, 0, 1, 1] = -8.0
     x = F.pad(torch.from_numpy(mask)[:, None].float(), (1, 1, 1, 1), mode="reflect")
@@ -233,6 +240,7 @@ def torch_laplacian_target(mask: np.ndarray) -> np.ndarray:
     return (response / (response.amax(dim=(-2, -1), keepdim=True) + 1e-6)).numpy()
 
 
+@pytest.mark.reference
 def test_laplacian_target_matches_conv_reference():
     rng = np.random.default_rng(0)
     rows, cols = np.mgrid[0:48, 0:40]

@@ -1,4 +1,4 @@
-"""The VRS evaluation (spec §6) end to end on a tiny VRS-Sim test split: oracle masks through saving, scoring and
+"""The VRS evaluation end to end on a tiny VRS-Sim test split: oracle masks through saving, scoring and
 the report (no model); random-weight SAM 2.1 (1C, BB, image mode, TFDS input) and RobotSeg (AU, 1C) models through
 the settings, a plumbing check whose scores mean nothing; and the errors a user can fix."""
 
@@ -17,13 +17,12 @@ import pytest
 from PIL import Image
 
 from robotseg_jax.checkpoints import convert
-from robotseg_jax.data import tfds_builders
+from robotseg_jax.constants import CATEGORY_FOLDERS
+from robotseg_jax.data import eval_videos, tfds_builders
 from robotseg_jax.data.sim import dataset as sim
-from robotseg_jax.data.vrs_layout import CATEGORY_FOLDERS
-from robotseg_jax.evaluation import from_config, report, runner, session, videos
+from robotseg_jax.evaluation import from_config, report, runner, session
 from robotseg_jax.evaluation.protocols import first_visible_frame
 from robotseg_jax.modeling.config import get_model_config
-from tests.reference import build_reference
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_VIDEOS, NUM_FRAMES, SIZE = 2, 4, 96
@@ -44,19 +43,10 @@ def sim_root(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    """A random-weight SAM 2.1 Hiera-T as an official .pt."""
-    path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_t.pt"
-    reference = build_reference("sam2.1_hiera_t", image_size=IMAGE_SIZE, seed=5)
-    convert.save_torch_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def robotseg_checkpoint(checkpoint, tmp_path_factory) -> str:
+def robotseg_checkpoint(sam21_checkpoint, tmp_path_factory) -> str:
     """A RobotSeg orbax checkpoint started from the random SAM 2.1 one, as training starts (its new parts fresh)."""
     config = get_model_config("robotseg_hiera_t", image_size=IMAGE_SIZE)
-    params = convert.init_from_sam2(convert.load_torch_state_dict(checkpoint), config, jax.random.key(0))
+    params = convert.init_from_sam2(convert.load_torch_state_dict(sam21_checkpoint), config, jax.random.key(0))
     path = str(tmp_path_factory.mktemp("robotseg_ckpt"))
     convert.save_params(path, params, config.name)
     return path
@@ -75,9 +65,9 @@ def _config(sim_root: str, checkpoint: str, out, **fields):
 
 
 @pytest.fixture(scope="module")
-def predictor(sim_root, checkpoint, tmp_path_factory):
+def predictor(sim_root, sam21_checkpoint, tmp_path_factory):
     """One predictor for every model test, so that its compiled steps are reused."""
-    return from_config.load_predictor(_config(sim_root, checkpoint, tmp_path_factory.mktemp("unused")))
+    return from_config.load_predictor(_config(sim_root, sam21_checkpoint, tmp_path_factory.mktemp("unused")))
 
 
 def _read_png(path) -> np.ndarray:
@@ -105,7 +95,7 @@ def test_oracle_masks_score_100_and_an_empty_prediction_0(sim_root, tmp_path):
     """The panda video is predicted perfectly, the kuka video not at all: per video J&F 100 and 0, the dataset
     mean 50 (unweighted over videos), per embodiment 100 and 0; the PNGs are the GT."""
     results = report.EvalResults(["1C"], CATEGORIES)
-    for video in videos.open_videos(sim_root, "test"):
+    for video in eval_videos.open_videos(sim_root, "test"):
         for category in CATEGORIES:
             gt = video.read_gt(category)
             start = first_visible_frame(gt)
@@ -143,7 +133,7 @@ def test_oracle_masks_score_100_and_an_empty_prediction_0(sim_root, tmp_path):
 
 
 def test_frames_not_predicted_are_saved_and_scored_as_empty(sim_root, tmp_path):
-    video = next(iter(videos.open_videos(sim_root, "test")))
+    video = next(iter(eval_videos.open_videos(sim_root, "test")))
     gt = video.read_gt("robot")
     later = {p: gt[p] for p in (2, 3)}
     score = runner.record_prediction(video, later, {p: gt[p] for p in gt}, str(tmp_path), guided_filter=True)
@@ -155,7 +145,7 @@ def test_frames_not_predicted_are_saved_and_scored_as_empty(sim_root, tmp_path):
 
 def test_unlabelled_and_never_visible_categories_are_skipped(sim_root, tmp_path):
     """Neither needs the model: the runner decides before a prompt is placed."""
-    empty_gt = videos.EvalVideo(
+    empty_gt = eval_videos.EvalVideo(
         name="v",
         folder="v",
         embodiment="panda",
@@ -173,8 +163,8 @@ def test_unlabelled_and_never_visible_categories_are_skipped(sim_root, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------- random-weight SAM 2.1
-def test_sam21_one_click_and_box_on_every_category(sim_root, checkpoint, predictor, tmp_path):
-    config = _config(sim_root, checkpoint, tmp_path, settings="AU,1C,BB")
+def test_sam21_one_click_and_box_on_every_category(sim_root, sam21_checkpoint, predictor, tmp_path):
+    config = _config(sim_root, sam21_checkpoint, tmp_path, settings="AU,1C,BB")
     run = from_config.run_plan(from_config.plan_from_config(config), predictor)
 
     results = run.results
@@ -198,8 +188,8 @@ def test_sam21_one_click_and_box_on_every_category(sim_root, checkpoint, predict
     assert lines[-1].startswith("AU: ")
 
 
-def test_image_mode_scores_every_labelled_frame_alone(sim_root, checkpoint, predictor, tmp_path):
-    config = _config(sim_root, checkpoint, tmp_path, settings="1C", categories="robot", image_mode=True)
+def test_image_mode_scores_every_labelled_frame_alone(sim_root, sam21_checkpoint, predictor, tmp_path):
+    config = _config(sim_root, sam21_checkpoint, tmp_path, settings="1C", categories="robot", image_mode=True)
     results = from_config.run_plan(from_config.plan_from_config(config), predictor).results
     names = {f"{video}/{i:05d}" for video in EMBODIMENTS for i in range(NUM_FRAMES)}
     assert set(results.scores["1C", "robot"]) == names
@@ -207,13 +197,13 @@ def test_image_mode_scores_every_labelled_frame_alone(sim_root, checkpoint, pred
     _check_pngs(tmp_path, ["1C"], ["robot"], {v: list(range(NUM_FRAMES)) for v in EMBODIMENTS})
 
 
-def test_tfds_input_gives_the_same_scores_as_the_layout(sim_root, checkpoint, predictor, tmp_path):
+def test_tfds_input_gives_the_same_scores_as_the_layout(sim_root, sam21_checkpoint, predictor, tmp_path):
     data_dir = str(tmp_path / "tfds")
     tfds_builders.build("vrs_sim", manual_dir=sim_root, data_dir=data_dir)
-    layout = _config(sim_root, checkpoint, tmp_path / "layout", settings="BB", categories="arm", max_videos=1)
+    layout = _config(sim_root, sam21_checkpoint, tmp_path / "layout", settings="BB", categories="arm", max_videos=1)
     tfds = _config(
         sim_root,
-        checkpoint,
+        sam21_checkpoint,
         tmp_path / "tfds_out",
         settings="BB",
         categories="arm",
@@ -227,7 +217,7 @@ def test_tfds_input_gives_the_same_scores_as_the_layout(sim_root, checkpoint, pr
 
 def test_robotseg_automatic_and_one_click_in_image_mode(sim_root, robotseg_checkpoint, tmp_path):
     """RobotSeg gets the category on every call: add_new_robot (AU), robots= with a click (1C), robot= when
-    propagating. In image mode (as RobotSeg evaluates RoboEngine, §1.6), so that no tracking step compiles."""
+    propagating. In image mode (as RobotSeg evaluates RoboEngine), so that no tracking step compiles."""
     config = _config(
         sim_root,
         robotseg_checkpoint,
@@ -252,24 +242,25 @@ def test_robotseg_automatic_and_one_click_in_image_mode(sim_root, robotseg_check
 
 # ------------------------------------------------------------------------------------------------------- errors
 def _config_error(config) -> str:
-    with pytest.raises((from_config.ConfigError, videos.DatasetError)) as info:
+    with pytest.raises((from_config.ConfigError, eval_videos.DatasetError)) as info:
         from_config.plan_from_config(config)
     return str(info.value)
 
 
-def test_readable_errors(sim_root, checkpoint, tmp_path):
+def test_readable_errors(sim_root, sam21_checkpoint, tmp_path):
     assert "no checkpoint at" in _config_error(_config(sim_root, str(tmp_path / "absent.pt"), tmp_path))
     assert "checkpoint is required" in _config_error(_config(sim_root, None, tmp_path))
-    assert "data is required" in _config_error(_config(None, checkpoint, tmp_path))
-    assert "no dataset folder at" in _config_error(_config(str(tmp_path / "absent"), checkpoint, tmp_path))
-    assert "'val' split" in _config_error(_config(sim_root, checkpoint, tmp_path, split="val"))
+    assert "data is required" in _config_error(_config(None, sam21_checkpoint, tmp_path))
+    assert "no dataset folder at" in _config_error(_config(str(tmp_path / "absent"), sam21_checkpoint, tmp_path))
+    assert "'val' split" in _config_error(_config(sim_root, sam21_checkpoint, tmp_path, split="val"))
     assert "cannot open TFDS dataset 'vrs_sim'" in _config_error(
-        _config("tfds:vrs_sim", checkpoint, tmp_path, data_dir=str(tmp_path / "no_tfds"))
+        _config("tfds:vrs_sim", sam21_checkpoint, tmp_path, data_dir=str(tmp_path / "no_tfds"))
     )
-    assert "subset of AU,1C,3C,BB,OI" in _config_error(_config(sim_root, checkpoint, tmp_path, settings="1C,2C"))
-    assert "subset of arm,gripper,robot" in _config_error(_config(sim_root, checkpoint, tmp_path, categories="leg"))
-    assert "no image mode" in _config_error(_config(sim_root, checkpoint, tmp_path, image_mode=True))
-    assert "multiple of 32" in _config_error(_config(sim_root, checkpoint, tmp_path, image_size=100))
+    assert "subset of AU,1C,3C,BB,OI" in _config_error(_config(sim_root, sam21_checkpoint, tmp_path, settings="1C,2C"))
+    leg = _config(sim_root, sam21_checkpoint, tmp_path, categories="leg")
+    assert "subset of arm,gripper,robot" in _config_error(leg)
+    assert "no image mode" in _config_error(_config(sim_root, sam21_checkpoint, tmp_path, image_mode=True))
+    assert "multiple of 32" in _config_error(_config(sim_root, sam21_checkpoint, tmp_path, image_size=100))
     (tmp_path / "garbage.pt").write_text("not a checkpoint")
     with pytest.raises(from_config.ConfigError, match="cannot load the checkpoint"):
         from_config.load_predictor(_config(sim_root, str(tmp_path / "garbage.pt"), tmp_path))
@@ -286,5 +277,5 @@ def test_command_line_reports_a_missing_checkpoint_without_traceback(sim_root, t
         f"--config.data={sim_root}",
     ]
     run = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO_ROOT)
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert f"error: no checkpoint at {tmp_path / 'absent.pt'}" in run.stderr and "Traceback" not in run.stderr

@@ -17,7 +17,6 @@ from robotseg_jax.modeling.config import REFERENCE_YAML, HieraConfig, get_model_
 from robotseg_jax.modeling.hiera import Hiera, block_specs, resize_bicubic
 from robotseg_jax.modeling.image_encoder import ImageEncoder
 from tests.reference import (
-    build_reference,
     max_abs_diff,
     nchw_to_nhwc,
     nhwc_to_nchw,
@@ -62,6 +61,7 @@ def random_images(shape, seed=0) -> np.ndarray:
     return np.random.RandomState(seed).randn(*shape).astype(np.float32)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize(
     "in_hw, out_hw",
     [((7, 7), (64, 64)), ((14, 14), (16, 16)), ((14, 14), (8, 8)), ((7, 7), (32, 48)), ((5, 9), (3, 20))],
@@ -74,9 +74,10 @@ def test_bicubic_matches_torch(in_hw, out_hw):
 
 
 @pytest.fixture(scope="module")
-def hiera_t_encoder():
-    """Hiera-T in its real configuration at a reduced image size, with sam2's weights converted by the converter."""
-    reference = build_reference("sam2.1_hiera_t", image_size=256).image_encoder
+def hiera_t_encoder(sam21_reference):
+    """Hiera-T in its real configuration at a reduced image size (256), with sam2's weights converted by the
+    converter."""
+    reference = sam21_reference.image_encoder
     model = ImageEncoder(get_model_config("sam2.1_hiera_t", image_size=256))
     template = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 256, 256, 3)))["params"]
     params = to_flax(reference, template, prefix="")
@@ -85,6 +86,7 @@ def hiera_t_encoder():
 
 # 256x256 pads the 14- and 7-token windows of stages 3 and 4 (16x16 and 8x8 maps); 160x288 is non-square with
 # odd stage-4 sizes (5x9), where the query-pooled windows are cropped back after unpartitioning.
+@pytest.mark.reference
 @pytest.mark.parametrize("shape", [(2, 256, 256, 3), (1, 160, 288, 3)])
 def test_image_encoder_matches_sam2(hiera_t_encoder, shape):
     reference, model, params = hiera_t_encoder
@@ -108,6 +110,7 @@ def test_image_encoder_matches_sam2(hiera_t_encoder, shape):
     assert max_abs_diff(got["vision_features"], nchw_to_nhwc(expected["vision_features"])) <= TOL
 
 
+@pytest.mark.reference
 def test_tiny_hiera_matches_sam2():
     torch.manual_seed(0)
     reference = perturb_(torch_hiera(TINY_HIERA))
@@ -120,6 +123,7 @@ def test_tiny_hiera_matches_sam2():
         assert max_abs_diff(a, nchw_to_nhwc(b)) <= TOL, f"stage {level}"
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("model_name", ["sam2.1_hiera_t", "sam2.1_hiera_b+", "sam2.1_hiera_l", None])
 def test_block_specs_match_sam2(model_name):
     from sam2.modeling.sam2_utils import DropPath
@@ -135,6 +139,7 @@ def test_block_specs_match_sam2(model_name):
         assert spec.drop_path_rate == pytest.approx(rate, abs=1e-7)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("model_name", ["sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l"])
 def test_trunk_params_and_shapes(model_name):
     from sam2.modeling.backbones.hieradet import Hiera as TorchHiera

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from robotseg_jax.checkpoints import convert
 from robotseg_jax.inference import transforms
-from robotseg_jax.inference.image_predictor import ImagePredictor, build_image_predictor
+from robotseg_jax.inference import ImagePredictor, build_image_predictor
 from robotseg_jax.modeling.config import get_model_config
 from tests.reference import build_reference, max_abs_diff
 
@@ -147,6 +147,7 @@ PROMPTS = {
 }
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("name", PROMPTS)
 def test_predict_matches_reference(name):
     predictor, torch_predictor = _single_image()
@@ -160,6 +161,7 @@ def test_predict_matches_reference(name):
     assert ours[2].shape == (*batch, num_masks, LOW_RES, LOW_RES)
 
 
+@pytest.mark.reference
 def test_mask_input_from_previous_prediction():
     predictor, torch_predictor = _single_image()
     masks, ious, low_res = predictor.predict(point_coords=[[40.0, 30.0]], point_labels=[1])
@@ -173,6 +175,7 @@ def test_mask_input_from_previous_prediction():
     assert np.array_equal(binary, (ours[0] > 0).astype(np.float32))
 
 
+@pytest.mark.reference
 def test_image_batch_matches_reference():
     ref, predictor = _setup()
     images = [_image(72, 100, seed=1), _image(150, 90, seed=2)]  # one upsampled, one downsampled to 128
@@ -187,6 +190,7 @@ def test_image_batch_matches_reference():
         _assert_matches((masks[i], ious[i], low_res[i]), theirs, (3, *image.shape[:2]))
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("hw", [(72, 100), (300, 411), (128, 128), (40, 700)])
 def test_preprocessing_matches_torchvision_ops(hw):
     image = _image(*hw, seed=4)
@@ -207,6 +211,7 @@ def test_remove_small_regions_flips_small_components():
     assert kept[0, 10, 10] == kept[0, 11, 11] == -10.0 and kept[0, 1, 1] == 1.0
 
 
+@pytest.mark.reference
 def test_errors_are_readable():
     _, predictor = _setup()
     fresh = ImagePredictor(predictor.config, predictor.variables["params"])

@@ -1,6 +1,9 @@
-"""SAM 2's loss against sam2's own training code; LET's terms against a NumPy transcription of spec 4.4."""
+"""SAM 2's loss against sam2's own training code; LET's terms against a NumPy transcription of
+MultiStepMultiMasksAndIous_LET's formulas."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +29,7 @@ def _random_targets(t: int, n: int, size: int, rng: np.random.Generator) -> np.n
     return targets
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("num_masks, supervise_all_iou", [(3, True), (3, False), (1, True)])
 def test_sam2_loss_matches_sam2_training_code(num_masks, supervise_all_iou):
     from training.loss_fns import MultiStepMultiMasksAndIous
@@ -53,6 +57,7 @@ def test_sam2_loss_matches_sam2_training_code(num_masks, supervise_all_iou):
         np.testing.assert_allclose(float(got[key]), float(expected[key]), rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.reference
 def test_focal_loss_matches_torch_for_extreme_logits():
     logits = np.array([-200.0, -30.0, -1.0, 0.0, 2.0, 30.0, 200.0], np.float32)
     for target in (0.0, 1.0):
@@ -88,7 +93,7 @@ def _normalize(v):
 
 
 def _let_numpy(stages, targets, struct_target, num_objects):
-    """Spec 4.4, object by object, in float64."""
+    """MultiStepMultiMasksAndIous_LET's terms written out object by object, in float64."""
     out = dict.fromkeys(losses.LET_KEYS, 0.0)
     num_stages, n_obj = targets.shape[:2]
     grid = stages[0]["feats"].shape[1]
@@ -139,7 +144,8 @@ def _let_numpy(stages, targets, struct_target, num_objects):
     return out
 
 
-def test_let_loss_matches_the_spec_formulas():
+@pytest.mark.reference
+def test_let_loss_matches_a_numpy_transcription_of_the_let_formulas():
     rng = np.random.default_rng(7)
     num_stages, n_obj, size, grid, channels = 7, 2, 64, 4, 8
     targets = rng.random((num_stages, n_obj, size, size)) < 0.4
@@ -172,7 +178,8 @@ def test_let_loss_matches_the_spec_formulas():
         np.testing.assert_allclose(float(per_gpu[key]), scale * float(got[key]), rtol=1e-6, err_msg=key)
 
     # The switch that trains every mask's IoU (off in the reference): the IoU term becomes the mean over masks.
-    config = losses.LETLossConfig(supervise_all_iou=True)
+    cycle = dataclasses.replace(losses.LETLossConfig().cycle, supervise_all_iou=True)
+    config = losses.LETLossConfig(cycle=cycle)
     all_iou = losses.let_loss(jax_stages, jnp.asarray(targets), jnp.asarray(struct_target), jnp.float32(n_obj), config)
     assert float(all_iou["loss_iou"]) != float(got["loss_iou"])
     np.testing.assert_allclose(float(all_iou["loss_mask"]), float(got["loss_mask"]), rtol=1e-6)
@@ -196,7 +203,7 @@ def test_let_loss_on_a_single_image_has_only_cycle_terms():
 
 
 def test_let_loss_gradients_reach_the_anchor_features():
-    """The stage-0 anchor is not detached (spec 4.4): the semantic term moves stage 0's backbone features."""
+    """The stage-0 anchor is not detached, as in the reference: the semantic term moves stage 0's backbone features."""
     rng = np.random.default_rng(2)
     feats = [jnp.asarray(rng.normal(size=(1, 4, 4, 8)), jnp.float32) for _ in range(3)]
     steps = [[_random_step(1, 3, 64, rng)] for _ in range(3)]

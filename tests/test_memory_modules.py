@@ -11,12 +11,13 @@ import torch
 from robotseg_jax.modeling.memory_attention import MemoryAttention
 from robotseg_jax.modeling.memory_encoder import MemoryEncoder
 from tests.reference import (
-    build_reference,
     max_abs_diff,
     nchw_to_nhwc,
     nhwc_to_nchw,
     to_flax,
 )
+
+pytestmark = pytest.mark.reference
 
 TOL = 1e-4
 GRID = 16  # image_size 256 / backbone stride 16
@@ -26,8 +27,9 @@ TOKENS_PER_PTR = D_MODEL // MEM_DIM  # sam2 splits each 256-d object pointer int
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return build_reference("sam2.1_hiera_t", image_size=256)
+def reference(sam21_reference):
+    """conftest's sam2.1_hiera_t at 256 px (seed 0), shared with the other parity tests; only read here."""
+    return sam21_reference
 
 
 def _convert(model, torch_module, *example_args, **static_kwargs):

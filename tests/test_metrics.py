@@ -1,5 +1,5 @@
 """J and F against davisinteractive 1.0.4 and against a line-by-line port of the davis / vos-benchmark code, and the
-VRS score tables (spec §6 "Scoring")."""
+VRS score tables (upstream's evaluator: per-video means, then unweighted means over videos)."""
 
 from __future__ import annotations
 

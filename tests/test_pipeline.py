@@ -1,4 +1,5 @@
-"""Clip samplers (spec 4.2), augmentation (spec 4.7) and the grain training pipeline (spec 4.1)."""
+"""Clip samplers (RobotSeg's bidirectional one and the uniform one), augmentation (SAM 2.1's MOSE fine-tune
+transforms) and the grain training pipeline (the mixed image/video loader)."""
 
 import dataclasses
 import os
@@ -9,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from robotseg_jax.constants import ROBOT_CATEGORIES
 from robotseg_jax.data import (
     augment,
     pipeline,
@@ -210,13 +212,13 @@ def tiny_vrs(tmp_path_factory):
     rng = np.random.default_rng(0)
     for v in range(4):
         frames = rng.integers(0, 256, (TRAIN_FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
-        categories = ("arm", "robot") if v == 1 else vrs_layout.CATEGORIES
+        categories = ("arm", "robot") if v == 1 else ROBOT_CATEGORIES
         masks = {c: rectangles(rng, TRAIN_FRAMES, empty_first=(v == 0 and c == "gripper")) for c in categories}
         vrs_layout.write_video(root, "train", f"train_{v}", frames, masks, "mask_gt", label_frames=[0])
         vrs_layout.write_video(root, "train", f"train_{v}", frames, masks, "mask_gt_dinov3")
     for v in range(3):
         frames = rng.integers(0, 256, (TEST_FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
-        masks = {c: rectangles(rng, TEST_FRAMES) for c in vrs_layout.CATEGORIES}
+        masks = {c: rectangles(rng, TEST_FRAMES) for c in ROBOT_CATEGORIES}
         vrs_layout.write_video(root, "test", f"test_{v}", frames, masks, "mask_gt")
     tfds_builders.build("vrs", manual_dir=root, data_dir=data_dir)
     return vrs_tfds.open_split("vrs", "train", data_dir), vrs_tfds.open_split("vrs", "test", data_dir), data_dir
@@ -291,7 +293,7 @@ def test_unaugmented_batches_match_the_stored_frames_and_masks(tiny_vrs):
         batch = next(it)
         for b in range(2):
             example = test[int(batch["video_index"][b])]
-            category = vrs_layout.CATEGORIES[batch["category"][b]]
+            category = ROBOT_CATEGORIES[batch["category"][b]]
             for t, i in enumerate(batch["frame_indices"][b]):
                 frame = vrs_tfds.decode_frame(example["frames"][i])
                 mask = vrs_tfds.decode_mask(example["mask_gt"][category]["masks"][i])

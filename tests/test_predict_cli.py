@@ -13,9 +13,7 @@ from PIL import Image
 
 from robotseg_jax import convert as convert_cli
 from robotseg_jax import predict
-from robotseg_jax.checkpoints import convert
 from robotseg_jax.inference import RobotSegVideoPredictor, build_video_predictor
-from tests.reference import build_reference
 
 HEIGHT, WIDTH, NUM_FRAMES = 64, 96, 4
 IMAGE_SIZE = 64
@@ -34,19 +32,10 @@ def video_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    """A random-weight SAM 2.1 Hiera-T written as an official .pt (the params do not depend on the image size)."""
-    path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_t.pt"
-    reference = build_reference("sam2.1_hiera_t", image_size=128, seed=5)
-    convert.save_torch_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def robotseg_checkpoint(checkpoint, tmp_path_factory) -> str:
+def robotseg_checkpoint(sam21_checkpoint, tmp_path_factory) -> str:
     """A RobotSeg orbax directory that the converter starts from the random SAM 2.1 checkpoint."""
     out = tmp_path_factory.mktemp("ckpt") / "robotseg_hiera_t"
-    argv = ["--from-torch", checkpoint, "--model", "robotseg_hiera_t", "--init-from-sam2", "--out", str(out)]
+    argv = ["--from-torch", sam21_checkpoint, "--model", "robotseg_hiera_t", "--init-from-sam2", "--out", str(out)]
     assert convert_cli.main(argv) == 0
     return str(out)
 
@@ -55,8 +44,8 @@ def _args(video: str, ckpt: str, out, *prompt: str) -> list[str]:
     return ["--checkpoint", ckpt, "--video", video, "--image-size", str(IMAGE_SIZE), "--out", str(out), *prompt]
 
 
-def test_clicks_on_a_middle_frame_track_both_ways(video_dir, checkpoint, tmp_path, capsys):
-    args = _args(video_dir, checkpoint, tmp_path, "--points", "30,30", "80,50,0", "--frame", "1")
+def test_clicks_on_a_middle_frame_track_both_ways(video_dir, sam21_checkpoint, tmp_path, capsys):
+    args = _args(video_dir, sam21_checkpoint, tmp_path, "--points", "30,30", "80,50,0", "--frame", "1")
     assert predict.main(args) == 0
     names = sorted(os.listdir(tmp_path / "masks"))
     assert names == [f"{t:05d}.png" for t in range(NUM_FRAMES)]
@@ -69,11 +58,12 @@ def test_clicks_on_a_middle_frame_track_both_ways(video_dir, checkpoint, tmp_pat
     assert "4 masks" in capsys.readouterr().out
 
 
-def test_mask_prompt_is_the_first_frames_output(video_dir, checkpoint, tmp_path):
+def test_mask_prompt_is_the_first_frames_output(video_dir, sam21_checkpoint, tmp_path):
     mask = np.zeros((HEIGHT, WIDTH), np.uint8)
     mask[20:40, 10:30] = 255
     Image.fromarray(mask).save(tmp_path / "prompt.png")
-    assert predict.main(_args(video_dir, checkpoint, tmp_path / "out", "--mask", str(tmp_path / "prompt.png"))) == 0
+    args = _args(video_dir, sam21_checkpoint, tmp_path / "out", "--mask", str(tmp_path / "prompt.png"))
+    assert predict.main(args) == 0
     with Image.open(tmp_path / "out" / "masks" / "00000.png") as first:
         output = np.array(first) > 0
     # A mask prompt is the frame's output (sam2's mask-as-output), up to its trip through the low-res logits.
@@ -83,16 +73,16 @@ def test_mask_prompt_is_the_first_frames_output(video_dir, checkpoint, tmp_path)
 
 
 def test_robot_category_segments_every_frame_as_the_library_does(video_dir, robotseg_checkpoint, tmp_path, monkeypatch):
-    # RPG's FPS starts are unseeded by default (spec §7.3): a seed makes the two runs comparable. The library run
-    # reuses the CLI's predictor (a fresh state), hence its compiled steps.
+    # RPG's FPS starts are unseeded by default, as the original's: --seed makes the two runs comparable. The library
+    # run reuses the CLI's predictor (a fresh state, seeded alike), hence its compiled steps.
     built = []
 
-    def seeded(*args, **kwargs) -> RobotSegVideoPredictor:
-        built.append(build_video_predictor(*args, rpg_seed=0, **kwargs))
+    def recorded(*args, **kwargs) -> RobotSegVideoPredictor:
+        built.append(build_video_predictor(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(predict, "build_video_predictor", seeded)
-    robot = ["--model", "robotseg_hiera_t", "--robot", "robot", "--frame", "1"]
+    monkeypatch.setattr(predict, "build_video_predictor", recorded)
+    robot = ["--model", "robotseg_hiera_t", "--robot", "robot", "--frame", "1", "--seed", "0"]
     assert predict.main(_args(video_dir, robotseg_checkpoint, tmp_path, *robot)) == 0
     names = sorted(os.listdir(tmp_path / "masks"))
     assert names == [f"{t:05d}.png" for t in range(NUM_FRAMES)]
@@ -130,18 +120,19 @@ def _usage_error(capsys, args: list[str]) -> str:
     return err
 
 
-def test_usage_errors(video_dir, checkpoint, tmp_path, capsys):
+def test_usage_errors(video_dir, sam21_checkpoint, tmp_path, capsys):
     def ok(*prompt: str) -> list[str]:
-        return _args(video_dir, checkpoint, tmp_path / "out", *prompt)
+        return _args(video_dir, sam21_checkpoint, tmp_path / "out", *prompt)
 
     absent_checkpoint = _args(video_dir, str(tmp_path / "absent.pt"), tmp_path, "--box", "1,1,5,5")
     assert "no checkpoint at" in _usage_error(capsys, absent_checkpoint)
-    absent_video = _args(str(tmp_path / "absent"), checkpoint, tmp_path, "--box", "1,1,5,5")
+    absent_video = _args(str(tmp_path / "absent"), sam21_checkpoint, tmp_path, "--box", "1,1,5,5")
     assert "No video at" in _usage_error(capsys, absent_video)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "00000.jpg").write_text("not a jpeg")
-    assert "Cannot read frame 0" in _usage_error(capsys, _args(str(broken), checkpoint, tmp_path, "--box", "1,1,5,5"))
+    broken_video = _args(str(broken), sam21_checkpoint, tmp_path, "--box", "1,1,5,5")
+    assert "Cannot read frame 0" in _usage_error(capsys, broken_video)
     assert "expected a point x,y" in _usage_error(capsys, ok("--points", "12;30"))
     assert "label must be 1" in _usage_error(capsys, ok("--points", "12,30,2"))
     assert "x0 < x1" in _usage_error(capsys, ok("--box", "50,10,20,30"))
@@ -156,14 +147,14 @@ def test_usage_errors(video_dir, checkpoint, tmp_path, capsys):
     assert "cannot load the checkpoint" in _usage_error(capsys, garbage)
 
 
-def test_robot_usage_errors(video_dir, checkpoint, tmp_path, capsys, monkeypatch):
+def test_robot_usage_errors(video_dir, sam21_checkpoint, tmp_path, capsys, monkeypatch):
     def no_weights(*args, **kwargs):
         raise AssertionError("the weights were loaded before the usage error")
 
     monkeypatch.setattr(predict, "build_video_predictor", no_weights)
-    sam21 = _args(video_dir, checkpoint, tmp_path, "--robot", "arm")
+    sam21 = _args(video_dir, sam21_checkpoint, tmp_path, "--robot", "arm")
     assert "--robot needs a RobotSeg model (robotseg_hiera_t): sam2.1_hiera_t has" in _usage_error(capsys, sam21)
-    robotseg = _args(video_dir, checkpoint, tmp_path, "--model", "robotseg_hiera_t")  # argparse's own errors
+    robotseg = _args(video_dir, sam21_checkpoint, tmp_path, "--model", "robotseg_hiera_t")  # argparse's own errors
     assert "invalid choice: 'unknown'" in _usage_error(capsys, [*robotseg, "--robot", "unknown"])
     assert "not allowed with argument" in _usage_error(capsys, [*robotseg, "--robot", "arm", "--points", "10,10"])
 

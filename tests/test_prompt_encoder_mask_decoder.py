@@ -17,7 +17,6 @@ from robotseg_jax.modeling.mask_decoder import MaskDecoder
 from robotseg_jax.modeling.prompt_encoder import PromptEncoder
 from robotseg_jax.modeling.two_way_transformer import TwoWayTransformer
 from tests.reference import (
-    build_reference,
     max_abs_diff,
     nchw_to_nhwc,
     nhwc_to_nchw,
@@ -25,15 +24,18 @@ from tests.reference import (
     to_flax,
 )
 
-IMAGE_SIZE = 256
+pytestmark = pytest.mark.reference
+
+IMAGE_SIZE = 256  # the image size of conftest's sam21_reference
 EMBED_SIZE = IMAGE_SIZE // 16
 DIM = 256
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def ref():
-    return build_reference(image_size=IMAGE_SIZE)
+def ref(sam21_reference):
+    """sam2's SAM 2.1 Hiera-T at 256 px with random weights (shared with other modules: read it, copy to modify)."""
+    return sam21_reference
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -158,7 +160,7 @@ def test_prompt_encoder_rejects_bad_prompts(prompt_encoder, points, boxes, masks
 # Mask decoder
 # ---------------------------------------------------------------------------------------------------------------
 
-# Flax attributes for the torch decoders below; "sam2.1" is the decoder of build_reference (the sam2.1 yaml).
+# Flax attributes for the torch decoders below; "sam2.1" is the decoder of sam21_reference (the sam2.1 yaml).
 DECODER_CONFIGS = {
     "sam2.1": dict(
         use_high_res_features=True,

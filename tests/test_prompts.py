@@ -66,6 +66,7 @@ def _assert_uniform(counts: dict, support: set) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ clicks
+@pytest.mark.reference
 def test_uniform_click_covers_gt_uniformly_like_sam2():
     keys = jax.random.split(KEY, N_SAMPLES)
     coords, labels = jax.vmap(lambda k: uniform_click(k, jnp.asarray(GT)[None]))(keys)
@@ -77,6 +78,7 @@ def test_uniform_click_covers_gt_uniformly_like_sam2():
     _assert_uniform(_counts(*_torch_errors(GT, None), GT.shape), support)
 
 
+@pytest.mark.reference
 def test_click_coordinates_are_column_row_pixels_like_sam2():
     """Single-pixel regions make both samplers deterministic: x = column, y = row, no +0.5."""
     for y, x in [(0, 0), (2, 4), (4, 5), (1, 1)]:
@@ -94,6 +96,7 @@ def test_click_coordinates_are_column_row_pixels_like_sam2():
             assert np.asarray(ours[0]).tolist() == [[[x, y]]]
 
 
+@pytest.mark.reference
 def test_empty_gt_gives_uniform_negative_clicks_like_sam2():
     empty = np.zeros_like(GT)
     support = {(x, y, 0) for y in range(GT.shape[0]) for x in range(GT.shape[1])}
@@ -101,6 +104,7 @@ def test_empty_gt_gives_uniform_negative_clicks_like_sam2():
     _assert_uniform(_counts(*_torch_errors(empty, None), GT.shape), support)
 
 
+@pytest.mark.reference
 def test_correction_click_samples_error_union_with_labels_like_sam2():
     ours = _counts(*correction_click(KEY, jnp.asarray(_tile(PRED)), jnp.asarray(_tile(GT))), GT.shape)
     fn, fp = GT & ~PRED, ~GT & PRED
@@ -133,6 +137,7 @@ def test_correction_click_takes_logits_and_from_gt_flags():
     assert np.all(np.asarray(all_gt) == 1)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("full", [False, True])
 def test_correct_prediction_like_sam2(full):
     """A perfect prediction gives a negative click in the background; with no background either, sam2's argmax
@@ -166,6 +171,7 @@ def _random_masks(rng: np.random.Generator, n: int, h: int, w: int, stray: int =
     return masks
 
 
+@pytest.mark.reference
 def test_box_without_noise_is_sam2_tight_box():
     masks = _random_masks(np.random.default_rng(0), 16, 24, 40)
     coords, labels = noisy_box(KEY, jnp.asarray(masks), noise=0.0)
@@ -175,6 +181,7 @@ def test_box_without_noise_is_sam2_tight_box():
     np.testing.assert_array_equal(np.asarray(coords[0]), [[40, 24], [-1, -1]])  # empty mask, as mask_to_box
 
 
+@pytest.mark.reference
 def test_box_noise_matches_sam2_given_the_same_uniforms():
     masks = _random_masks(np.random.default_rng(1), 64, 300, 260)
     key = jax.random.key(3)
@@ -208,6 +215,7 @@ def test_box_noise_is_bounded_and_clamped():
     assert np.any(bound == 20.0) and np.any((bound > 0) & (bound < 20.0))
 
 
+@pytest.mark.reference
 def test_empty_mask_box_like_sam2():
     empty = np.zeros((1, 30, 50), bool)
     for key in jax.random.split(KEY, 10):
@@ -286,6 +294,7 @@ def _sam2_reference_draw(rng: np.random.Generator, num_frames: int):
     return mode, tuple(out["init_cond_frames"]), tuple(box), tuple(corrected), from_gt
 
 
+@pytest.mark.reference
 def test_sam2_draw_follows_sam2train_rng_stream_exactly():
     ours_rng, ref_rng = np.random.default_rng(42), np.random.default_rng(42)
     seen = set()
@@ -311,7 +320,7 @@ def test_robotseg_draw_frequencies_and_rng_consumption():
         before.bit_generator.state = rng.bit_generator.state
         plan, from_gt = draw_prompts(rng, ROBOTSEG, 7)
         modes.append(plan.mode)
-        # one draw for the mode; in point mode one for the box and one per correction click (spec 4.3)
+        # one draw for the mode; in point mode one for the box and one per correction click (3 on stage 0)
         before.random(1 if plan.mode != "point" else 1 + 1 + 3)
         assert before.bit_generator.state == rng.bit_generator.state
         assert plan.init_cond_frames == plan.cond_frames == (0,)
@@ -344,8 +353,9 @@ def test_draws_are_reproducible_from_the_seed():
             np.testing.assert_array_equal(gt_a, gt_b)
 
 
-def test_multimask_rules_of_spec():
-    """Spec 4.3: robot mode or 1 click on stage 0 -> 3 masks; a box or >= 2 clicks -> 1 mask; tracking -> 3."""
+def test_multimask_rules_of_robotseg_training():
+    """Stage 0 in robot mode (0 clicks) or with 1 click -> 3 masks; a box or >= 2 clicks -> 1 mask; tracked
+    stages (0 points) -> 3 masks."""
     cfg = SAM2Config()
     rng = np.random.default_rng(42)
     plans = {}

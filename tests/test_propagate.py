@@ -1,5 +1,5 @@
-"""DINOv3 pseudo-label propagation (spec 4.5): the compiled, chunked, masked implementation against a direct
-NumPy transcription of the spec; recovery of VRS-Sim masks from oracle features; the CLI end to end."""
+"""DINOv3 pseudo-label propagation: the compiled, chunked, masked implementation against a direct NumPy
+transcription of the original's rule; recovery of VRS-Sim masks from oracle features; the CLI end to end."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from robotseg_jax.constants import ROBOT_CATEGORIES
 from robotseg_jax.data import vrs_layout
-from robotseg_jax.teacher import dinov3, propagate
+from robotseg_jax.teacher import dinov3, label_propagation, propagate
 from robotseg_jax.teacher.dinov3_checkpoint import flax_to_official
 from robotseg_jax.teacher.features import l2_normalize, resized_size
 
 # ---------------------------------------------------------------------------------------------------------------
-# The reference: spec 4.5 written out with loops, a Python list as the FIFO, torch's interpolate for "nearest".
+# The reference: the original's rule written out with loops, a Python list as the FIFO, torch's interpolate for
+# "nearest", M = max label + 1 label channels.
 
 
 def reference_propagation(feats: np.ndarray, first_mask: np.ndarray, start: int, radius=12, topk=5, temp=0.2):
@@ -74,27 +76,29 @@ def run_chunked(feats: np.ndarray, first_masks: list[np.ndarray], starts: list[i
     """The library path: chunks of `batch` frames (last one padded), all categories at once."""
     num_frames, h, w, channels = feats.shape
     mask_size = first_masks[0].shape
-    first_probs = np.stack([propagate.first_frame_probs(m, (h, w)) for m in first_masks])
-    contexts = propagate.empty_context(h * w, channels)
+    first_probs = np.stack([label_propagation.first_frame_probs(m, (h, w)) for m in first_masks])
+    contexts = label_propagation.empty_context(h * w, channels)
     contexts = type(contexts)(*[np.stack([np.asarray(x)] * len(starts)) for x in contexts])
     probs, masks = [], []
     for offset in range(0, num_frames, batch):
         ids = list(range(offset, min(offset + batch, num_frames)))
         chunk = np.concatenate([feats[ids], np.zeros((batch - len(ids), h, w, channels), np.float32)])
         ids += [propagate.PADDING_FRAME] * (batch - len(ids))
-        kinds = np.array([[propagate._frame_kind(i, s) for i in ids] for s in starts], np.int32)
-        contexts, p, m = propagate.propagate_chunk(contexts, chunk, kinds, first_probs, mask_size=mask_size)
+        kinds = np.array([[label_propagation.frame_kind(i, s) for i in ids] for s in starts], np.int32)
+        contexts, p, m = label_propagation.propagate_chunk(contexts, chunk, kinds, first_probs, mask_size=mask_size)
         probs.append(np.asarray(p)), masks.append(np.asarray(m))
     return np.concatenate(probs, axis=1)[:, :num_frames], np.concatenate(masks, axis=1)[:, :num_frames]
 
 
+@pytest.mark.reference
 def test_legacy_nearest_indices_match_torch():
     for in_size, out_size in [(128, 30), (720, 46), (1080, 60), (60, 1080), (30, 128), (7, 14), (46, 720), (97, 29)]:
         probe = torch.arange(in_size, dtype=torch.float32)[None, None, :, None]
         expected = F.interpolate(probe, size=(out_size, 1), mode="nearest")[0, 0, :, 0].long().numpy()
-        np.testing.assert_array_equal(propagate.legacy_nearest_indices(in_size, out_size), expected)
+        np.testing.assert_array_equal(label_propagation.legacy_nearest_indices(in_size, out_size), expected)
 
 
+@pytest.mark.reference
 def test_chunked_propagation_equals_numpy_reference():
     """Random unit features, 11 frames in chunks of 4 (context filling up, a full FIFO, padding), three categories
     with different first frames; one first mask is empty (the reference uses M=1 there, the library M=2)."""
@@ -138,7 +142,7 @@ def sim_root(tmp_path_factory) -> str:
 
 def patch_grid_indices(mask_size, grid_size):
     """Legacy-nearest rows and columns that take a mask to the feature grid, the way the first-frame label is."""
-    return [propagate.legacy_nearest_indices(n, g) for n, g in zip(mask_size, grid_size)]
+    return [label_propagation.legacy_nearest_indices(n, g) for n, g in zip(mask_size, grid_size)]
 
 
 def oracle_feature_fn(root: str, split: str, video: str, noise: float, channels: int = 32, seed: int = 0):
@@ -154,7 +158,7 @@ def oracle_feature_fn(root: str, split: str, video: str, noise: float, channels:
         for b, frame_id in enumerate(frame_ids):
             if frame_id == propagate.PADDING_FRAME:
                 continue
-            members = [vrs_layout.read_mask(root, split, video, c, frame_id) for c in vrs_layout.CATEGORIES]
+            members = [vrs_layout.read_mask(root, split, video, c, frame_id) for c in ROBOT_CATEGORIES]
             rows, cols = patch_grid_indices(members[0].shape, grid)
             code = sum(m[rows][:, cols].astype(int) << k for k, m in enumerate(members))
             out[b] = codes[code] + noise / np.sqrt(channels) * rng.standard_normal((*grid, channels))
@@ -180,13 +184,13 @@ def test_oracle_features_recover_the_true_masks(sim_root, capsys):
     grid can represent (the sim robots are thin at 128 px, so the grid itself costs IoU; both are reported)."""
     split, short_side = "val", 480
     plans = propagate.plan_split(sim_root, split, overwrite=False)
-    assert all(p.starts == {c: 0 for c in vrs_layout.CATEGORIES} for p in plans)
+    assert all(p.starts == {c: 0 for c in ROBOT_CATEGORIES} for p in plans)
     grid = (short_side // 16, short_side // 16)
-    vs_grid, vs_truth, grid_vs_truth = ({c: [] for c in vrs_layout.CATEGORIES} for _ in range(3))
+    vs_grid, vs_truth, grid_vs_truth = ({c: [] for c in ROBOT_CATEGORIES} for _ in range(3))
     for plan in plans:
         fn = oracle_feature_fn(sim_root, split, plan.video, noise=0.3)
         propagate.propagate_video(sim_root, split, plan, fn, short_side=short_side, batch_size=4)
-        for category in vrs_layout.CATEGORIES:
+        for category in ROBOT_CATEGORIES:
             for frame_id in plan.frame_ids[1:]:
                 truth = vrs_layout.read_mask(sim_root, split, plan.video, category, frame_id)
                 pseudo = vrs_layout.read_mask(sim_root, split, plan.video, category, frame_id, "mask_gt_dinov3")
@@ -228,18 +232,19 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
+@pytest.mark.reference
 def test_cli_writes_pseudo_masks(sim_root, vits16_checkpoint, capsys, tmp_path):
     root = str(tmp_path / "data")
     for video in vrs_layout.list_videos(sim_root, "val"):  # a train split like real VRS: first-frame labels only
         record = vrs_layout.read_video(sim_root, "val", video)
-        masks = {c: record.masks["mask_gt"][c] for c in vrs_layout.CATEGORIES}
+        masks = {c: record.masks["mask_gt"][c] for c in ROBOT_CATEGORIES}
         vrs_layout.write_video(root, "train", video, record.frames, masks, label_frames=[0])
     base = ["--data", root, "--checkpoint", vits16_checkpoint, "--model", "vits16", "--short-side", "32"]
 
     code, output = run_cli(base, capsys)
     assert code == 0, output
     for video in vrs_layout.list_videos(root, "train"):
-        for category in vrs_layout.CATEGORIES:
+        for category in ROBOT_CATEGORIES:
             for frame_id in vrs_layout.list_frames(root, "train", video):
                 path = vrs_layout.mask_path(root, "train", video, category, frame_id, "mask_gt_dinov3")
                 png = Image.open(path)
@@ -251,6 +256,7 @@ def test_cli_writes_pseudo_masks(sim_root, vits16_checkpoint, capsys, tmp_path):
     assert code == 0 and "0 video(s) propagated" in output and "2 video(s) already complete" in output
 
 
+@pytest.mark.reference
 def test_cli_readable_errors(sim_root, vits16_checkpoint, capsys, tmp_path):
     code, output = run_cli(["--data", sim_root, "--split", "val", "--checkpoint", str(tmp_path / "nope.pth")], capsys)
     assert code == 2 and "checkpoint not found" in output and "nope.pth" in output

@@ -1,6 +1,6 @@
 """Prompt selection (1C, center rule, BB, best prefix, start frame), the 3C / OI loops against a fake predictor, and
-the guided-filter post-processing (spec §5, §6), on small cases whose answer is known by construction, and against
-OpenCV ports of the upstream code where OpenCV is installed."""
+the guided-filter post-processing of RobotSeg's VRS test scripts, on small cases whose answer is known by
+construction, and against OpenCV ports of the upstream code where OpenCV is installed."""
 
 from __future__ import annotations
 

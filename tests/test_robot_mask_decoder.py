@@ -1,8 +1,9 @@
-"""RobotSeg's mask decoder with the class token (spec §1.5) against sam2 1.1.0's MaskDecoder.
+"""RobotSeg's mask decoder with the class token (`MaskDecoder_Robot_RPG`) against sam2 1.1.0's MaskDecoder.
 
 The reference needs no new code: sam2's decoder builds `[obj_score, iou, mask tokens, sparse prompts]` and
 slices its outputs by position, so feeding it `[class token, object tokens, sparse prompts]` as the "sparse
-prompts" gives exactly the spec's token sequence and output slicing.
+prompts" gives exactly the original's token sequence (`[obj_score, iou, mask tokens, class token, object tokens,
+sparse prompts]`) and output slicing.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from sam2.modeling.sam.mask_decoder import MaskDecoder as TorchMaskDecoder
 from sam2.modeling.sam.transformer import TwoWayTransformer as TorchTwoWayTransformer
 
 from robotseg_jax.checkpoints.torch_keys import flax_to_torch, torch_to_flax
-from robotseg_jax.modeling.mask_decoder import (
-    ROBOT_CATEGORIES,
-    RobotMaskDecoder,
-    robot_category_index,
-)
+from robotseg_jax.constants import ROBOT_CATEGORIES
+from robotseg_jax.modeling.mask_decoder import RobotMaskDecoder, robot_category_index
 from tests.reference import max_abs_diff, nhwc_to_nchw, perturb_
 
 torch.set_grad_enabled(False)
+
+pytestmark = pytest.mark.reference
 
 DIM, H, TOL = 256, 16, 1e-4
 SAM21_DECODER = {

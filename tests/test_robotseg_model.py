@@ -1,7 +1,7 @@
-"""The RobotSeg model (spec §1.6, §2, §3.1): its parameters and checkpoints, and a tracking chain that reduces to
-SAM 2.1 (sam2 1.1.0 on the same weights) when SEMA's gate strength is 0 and no category is given.
+"""The RobotSeg model: its parameters and checkpoints, and a tracking chain that reduces to SAM 2.1 (sam2 1.1.0
+on the same weights) when SEMA's gate strength is 0 and no category is given.
 
-Small size: 128 px -> an 8x8 token grid; SEMA and RPG take any grid (the original hard-codes 64x64, spec §7.8).
+Small size: 128 px -> an 8x8 token grid; SEMA and RPG take any grid (the original hard-codes 64x64).
 """
 
 from __future__ import annotations
@@ -25,22 +25,26 @@ from robotseg_jax.checkpoints.torch_keys import (
 )
 from robotseg_jax.modeling.config import RobotSegConfig, get_model_config
 from robotseg_jax.modeling.memory_bank import (
+    MemoryEntry,
     memory_capacity,
     pack_memory,
     select_memory,
 )
-from robotseg_jax.modeling.robotseg import IMAGENET_MEAN, IMAGENET_STD, RobotSegModel
+from robotseg_jax.modeling.common import IMAGENET_MEAN, IMAGENET_STD
+from robotseg_jax.modeling.robotseg import RobotSegModel
 from robotseg_jax.modeling.rpg import foreground_on_memory_grid
-from robotseg_jax.modeling.sam2 import Prompts
-from tests.reference import build_reference, max_abs_diff, nchw_to_nhwc
+from robotseg_jax.modeling.sam2 import Prompts, RobotInputs
+from tests.reference import build_reference, max_abs_diff, nchw_to_nhwc, save_official_checkpoint
 from tests.test_sema import SEMA_KEY_SHAPES
+
+pytestmark = pytest.mark.reference
 
 IMAGE_SIZE = 128
 GRID = IMAGE_SIZE // 16
 NUM_FRAMES = 4
 CLICK = (40.0, 70.0)
 TOL = 1e-4
-# Spec §2: the keys RobotSeg adds to SAM 2.1's 471, with their PyTorch shapes.
+# The keys RobotSeg adds to SAM 2.1's 471, with their PyTorch shapes.
 NEW_KEY_SHAPES = {
     **{f"memory_attention.layers.{i}.{k}": shape for i in range(4) for k, shape in SEMA_KEY_SHAPES.items()},
     "sam_mask_decoder.robot_token_embedding.weight": (3, 256),
@@ -85,9 +89,13 @@ def _steps(config: RobotSegConfig):
     model = RobotSegModel(config)
     encode = jax.jit(lambda v, x: model.apply(v, x, method="forward_image"))
     prompt = jax.jit(
-        lambda v, f, p, x, c: model.apply(v, f, None, p, x, c, is_init_cond_frame=True, method="track_step")
+        lambda v, f, p, x, c: model.apply(
+            v, f, None, p, RobotInputs(x, c), is_init_cond_frame=True, method="track_step"
+        )
     )
-    track = jax.jit(lambda v, f, m, x, c, k: model.apply(v, f, m, Prompts(), x, c, rng=k, method="track_step"))
+    track = jax.jit(
+        lambda v, f, m, x, c, k: model.apply(v, f, m, Prompts(), RobotInputs(x, c, k), method="track_step")
+    )
     return encode, prompt, track
 
 
@@ -108,11 +116,13 @@ def _run_chain(config, params, frames: torch.Tensor, category: int):
             memory = pack_memory(
                 config,
                 select_memory(config, t, [0], range(1, t), NUM_FRAMES),
-                lambda f: outputs[f].maskmem_features,
-                lambda f: outputs[f].obj_ptr,
+                lambda f: MemoryEntry(
+                    outputs[f].maskmem_features,
+                    outputs[f].obj_ptr,
+                    foreground_on_memory_grid(outputs[f].pred_masks[:, 0], (GRID, GRID)),
+                ),
                 capacity,
                 (1, GRID, GRID),
-                foreground_of=lambda f: foreground_on_memory_grid(outputs[f].pred_masks[:, 0], (GRID, GRID)),
             )
             out = track(variables, features, memory, image, categories, jax.random.key(t))
             cache_sizes.append(track._cache_size())
@@ -136,7 +146,7 @@ def _run_sam21(ref, frames: torch.Tensor):
 
 
 # ---------------------------------------------------------------------------------------------- parameters
-def test_param_count_and_keys_are_spec_section_2(params):
+def test_param_count_and_keys_are_the_originals(params):
     # The params do not depend on image_size, so the 128 px model has the 1024 px model's parameters.
     assert count_params(params) == 41_300_298
     state_dict = flax_to_torch(params)
@@ -153,7 +163,7 @@ def test_sam21_checkpoint_initialises_exactly_the_new_keys(sam21, config, params
     for key, value in sam21_state.items():
         assert np.array_equal(state_dict[key], value), key
 
-    # One structure branch deep-copied into all 4 layers (spec §2, §7.13).
+    # One structure branch deep-copied into all 4 layers, as the original builds them.
     branch = lambda i: {k: state_dict[f"memory_attention.layers.{i}.{k}"] for k in SEMA_KEY_SHAPES}
     for i in (1, 2, 3):
         assert all(np.array_equal(branch(0)[k], branch(i)[k]) for k in SEMA_KEY_SHAPES), i
@@ -204,7 +214,7 @@ def test_robotseg_state_dict_round_trips_bit_exactly_through_the_cli(tmp_path, s
 
 def test_cli_starts_robotseg_from_a_sam21_checkpoint(tmp_path, sam21, config, params, capsys):
     official = tmp_path / "sam2.1_hiera_tiny.pt"
-    convert.save_torch_state_dict(sam21[1], official)
+    save_official_checkpoint(sam21[0], official)
     # Without the flag, missing keys are an error that points to it.
     with pytest.raises(CheckpointMismatchError, match="--init-from-sam2") as err:
         convert_cli.main(["--from-torch", str(official), "--model", "robotseg_hiera_t", "--out", str(tmp_path / "x")])
@@ -267,7 +277,7 @@ def test_structure_maps_and_their_placeholders(config, params):
     frames = _frames(2)
     outputs, _ = _run_chain(config, params, frames, category=1)
     shape = (1, 4, IMAGE_SIZE, IMAGE_SIZE)
-    # A frame without memory: its own high-res mask logits, once per layer (spec §1.6).
+    # A frame without memory: its own high-res mask logits, once per layer (the original's placeholder).
     first = outputs[0]
     assert first.structure_maps.shape == shape
     np.testing.assert_array_equal(first.structure_maps, jnp.repeat(first.pred_masks_high_res, 4, axis=1))
@@ -299,20 +309,21 @@ def test_edges_from_rgb_switch_feeds_sema_the_unnormalised_frame(config, params)
     memory = pack_memory(
         config,
         select_memory(config, 1, [0], [], NUM_FRAMES),
-        lambda f: outputs[f].maskmem_features,
-        lambda f: outputs[f].obj_ptr,
+        lambda f: MemoryEntry(outputs[f].maskmem_features, outputs[f].obj_ptr),
         memory_capacity(config, 1),
         (1, GRID, GRID),
     )
 
     def structure_maps(cfg):
-        attend = lambda v, f, m, x: RobotSegModel(cfg).apply(v, f, m, x, method="attend_to_memory")[1]
+        robot = lambda x: RobotInputs(x, jnp.asarray([-1], jnp.int32))
+        attend = lambda v, f, m, x: RobotSegModel(cfg).apply(v, f, m, robot(x), True, method="attend_to_memory")[1]
         return functools.partial(jax.jit(attend), variables, features, memory)
 
     default, switched = structure_maps(config), structure_maps(dataclasses.replace(config, edges_from_rgb=True))
     from_rgb = switched(image)
     np.testing.assert_allclose(from_rgb, default(image * IMAGENET_STD + IMAGENET_MEAN), atol=1e-6)
-    # the default, edges of the normalised input: divided by 255 (its max > 1.5), so nearly inert (spec §7.1);
+    # the default, edges of the normalised input: divided by 255 (its max > 1.5), so nearly inert (the original's
+    # behaviour);
     # with these random weights the maps move by ~2e-4, far above the rounding of the identity above
     assert np.abs(from_rgb - default(image)).max() > 2e-5
 
@@ -324,12 +335,15 @@ def test_bad_inputs_raise_value_errors(config, params):
     image = jnp.asarray(nchw_to_nhwc(_frames()[:1]))
     features = encode(variables, image)
     category = jnp.asarray([0], jnp.int32)
-    step = functools.partial(model.apply, variables, features, method="track_step")
-    with pytest.raises(ValueError, match=re.escape(f"raw_image must be the model input [B, {IMAGE_SIZE}")):
+    apply = functools.partial(model.apply, variables, features, method="track_step")
+    step = lambda memory, prompts, image, category, rng=None, **kwargs: apply(
+        memory, prompts, RobotInputs(image, category, rng), **kwargs
+    )
+    with pytest.raises(ValueError, match=re.escape(f"RobotInputs.image must be the model input [B, {IMAGE_SIZE}")):
         step(None, Prompts(), image[:, :64], category, is_init_cond_frame=True)
-    with pytest.raises(ValueError, match="robot_category must be \\[B\\] integers"):
+    with pytest.raises(ValueError, match="RobotInputs.category must be \\[B\\] integers"):
         step(None, Prompts(), image, jnp.asarray([0.0]), is_init_cond_frame=True)
-    with pytest.raises(ValueError, match="robot_category must be \\[B\\] integers"):
+    with pytest.raises(ValueError, match="RobotInputs.category must be \\[B\\] integers"):
         step(None, Prompts(), image, jnp.asarray([0, 1], jnp.int32), is_init_cond_frame=True)
     with pytest.raises(ValueError, match="got \\[3\\]"):
         step(None, Prompts(), image, jnp.asarray([3], jnp.int32), is_init_cond_frame=True)
@@ -338,11 +352,12 @@ def test_bad_inputs_raise_value_errors(config, params):
     first = prompt(variables, features, Prompts(jnp.asarray([[CLICK]]), jnp.asarray([[1]], jnp.int32)), image, category)
     capacity = memory_capacity(config, 1)
     selection = select_memory(config, 1, [0], [], 2)
-    pack = functools.partial(
-        pack_memory, config, selection, lambda f: first.maskmem_features, lambda f: first.obj_ptr, capacity, (1, GRID, GRID)
+    pack = lambda foreground=None: pack_memory(
+        config, selection, lambda f: MemoryEntry(first.maskmem_features, first.obj_ptr, foreground), capacity,
+        (1, GRID, GRID),
     )
     with pytest.raises(ValueError, match="maskmem_foreground"):
         step(pack(), Prompts(), image, category, rng=jax.random.key(0))
-    foreground = pack(foreground_of=lambda f: foreground_on_memory_grid(first.pred_masks[:, 0], (GRID, GRID)))
+    foreground = pack(foreground_on_memory_grid(first.pred_masks[:, 0], (GRID, GRID)))
     with pytest.raises(ValueError, match="needs an rng"):
         step(foreground, Prompts(), image, category)

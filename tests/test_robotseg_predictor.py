@@ -1,8 +1,10 @@
-"""RobotSeg's video predictor (spec §5): 0-click segmentation from a category, `add_new_robot`'s bookkeeping,
-categories with clicks, frozen mask outputs, images as 1-frame videos, and its errors.
+"""RobotSeg's video predictor (SAM 2.1's per-object predictor plus categories): 0-click segmentation from a
+category, `add_new_robot`'s bookkeeping, categories with clicks, frozen mask outputs, images as 1-frame videos, and
+its errors.
 
-There is no PyTorch RobotSeg to compare with (its code is not available), so these are the spec's contracts on a
-RobotSeg model started from random SAM 2.1 weights (convert.init_from_sam2), at 128 px.
+There is no PyTorch RobotSeg to compare with (its code is not available), so these check the original predictor's
+behaviour on a RobotSeg model started from random SAM 2.1 weights (convert.init_from_sam2), at 128 px. The weights
+come from sam2's model, hence the `reference` marker.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from robotseg_jax.inference import (
 from robotseg_jax.inference.postprocess import to_video_resolution
 from robotseg_jax.modeling.config import get_model_config
 from tests.reference import build_reference
+
+pytestmark = pytest.mark.reference
 
 IMAGE_SIZE = 128
 NUM_FRAMES = 4
@@ -52,8 +56,8 @@ def params() -> dict:
 
 @pytest.fixture(scope="module")
 def predictor(params) -> RobotSegVideoPredictor:
-    # rpg_seed: reproducible FPS starts (the original draws them unseeded, spec §7.3)
-    return build_video_predictor("robotseg_hiera_t", params=params, image_size=IMAGE_SIZE, rpg_seed=0)
+    # seed: reproducible FPS starts (the original draws them with an unseeded torch.randint on the CUDA RNG)
+    return build_video_predictor("robotseg_hiera_t", params=params, image_size=IMAGE_SIZE, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +87,7 @@ def test_zero_click_segmentation_tracks_every_frame(predictor, video):
         assert out.memory_foreground.shape == (1, IMAGE_SIZE // 16, IMAGE_SIZE // 16)
         assert out.memory_foreground.dtype == bool and out.maskmem_features is not None
 
-    # with rpg_seed the FPS starts, hence the whole run, are reproducible
+    # with a seed the FPS starts, hence the whole run, are reproducible
     again = predictor.init_state(video)
     predictor.add_new_robot(again, 0, "arm", "robot")
     for (_, _, a), (_, _, b) in zip(tracked, _propagate(predictor, again, "robot")):
@@ -149,7 +153,7 @@ def test_mask_outputs_are_frozen_through_propagation(predictor, video):
     _, _, from_mask = predictor.add_new_mask(state, 2, 1, mask)
     assert state.objects[0].temp_non_cond_outputs[2].frozen
     tracked = {t: logits for t, _, logits in _propagate(predictor, state, "robot")}
-    np.testing.assert_array_equal(tracked[2], from_mask)  # kept, not re-tracked (spec §5)
+    np.testing.assert_array_equal(tracked[2], from_mask)  # kept, not re-tracked, as the original's frozen outputs
 
 
 def test_an_image_is_a_one_frame_video(predictor, video):

@@ -1,5 +1,5 @@
 """RobotSeg's tracking step on a frame tracked from memory (SEMA and RPG), jitted at the real model's input size
-1024 and at a reduced one: one compiled program for frames with different inputs, and the shapes of spec §1.7.
+1024 and at a reduced one: one compiled program for frames with different inputs, and the shapes of the original (structure maps [B, 4, H, W]).
 
 Initialising at 1024 on the CPU is slow, so the params are made at 128 px; they do not depend on the image size.
 """
@@ -14,9 +14,12 @@ import pytest
 from robotseg_jax.checkpoints import convert
 from robotseg_jax.modeling.config import get_model_config
 from robotseg_jax.modeling.robotseg import RobotSegModel
+from robotseg_jax.modeling.memory_bank import MemoryEntry, one_frame_memory
 from robotseg_jax.modeling.rpg import foreground_on_memory_grid
-from robotseg_jax.modeling.sam2 import Prompts, one_frame_memory
+from robotseg_jax.modeling.sam2 import Prompts, RobotInputs
 from tests.reference import build_reference
+
+pytestmark = pytest.mark.reference
 
 PARAMS_SIZE = 128
 
@@ -47,17 +50,19 @@ def test_tracking_from_memory_compiles_once(params, overrides):
         click = Prompts(jnp.asarray([[[0.3 * size, 0.6 * size]]]), jnp.ones((1, 1), jnp.int32))
         category = jnp.zeros((1,), jnp.int32)
         first = model.apply(
-            variables, features, None, click, image, category, is_init_cond_frame=True, method="track_step"
+            variables, features, None, click, RobotInputs(image, category), is_init_cond_frame=True,
+            method="track_step",
         )
         foreground = foreground_on_memory_grid(first.pred_masks[:, 0], features.vision_feats.shape[1:3])
-        return features, one_frame_memory(first, foreground)
+        return features, one_frame_memory(MemoryEntry(first.maskmem_features, first.obj_ptr, foreground))
 
     traces = []
 
     @jax.jit
     def track(variables, features, memory, image, category, rng):
         traces.append(image.shape)
-        return model.apply(variables, features, memory, Prompts(), image, category, rng=rng, method="track_step")
+        robot = RobotInputs(image, category, rng)
+        return model.apply(variables, features, memory, Prompts(), robot, method="track_step")
 
     outputs = []
     for seed, category in [(1, 2), (2, 0)]:  # other frames, memories, categories and FPS starts

@@ -1,4 +1,5 @@
-"""RPG (spec §1.4) against a NumPy implementation of the spec's pseudocode, written with loops and lists."""
+"""RPG against a NumPy implementation of the original's algorithm (FPS seeds, one-pass cosine K-means, 3 regions
+then 4 sub-clusters per region), written with loops and lists."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ N = GRID * GRID
 TOL = 1e-5
 
 
-# ----------------------------------------------------------------------------------- NumPy reference (spec §1.4)
+# ------------------------------------------------------------------------------------------------ NumPy reference
 def np_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -130,7 +131,7 @@ def _no_memory(params) -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------------------------------- tests
-def test_parameter_key_and_shape_are_spec_section_2(rpg):
+def test_parameter_key_and_shape_are_the_originals(rpg):
     _, params = rpg
     state_dict = flax_to_torch(params["params"])
     assert {k: v.shape for k, v in state_dict.items()} == {"no_memory_prompt_embeddings_fg.weight": (1, 256)}
@@ -193,8 +194,9 @@ def test_identical_features_tie_to_the_first_cluster(rpg):
 
 
 @pytest.mark.parametrize("num_pixels,num_seeds", [(37, 3), (37, 4), (2, 4), (1, 3)])
-def test_fps_start_is_the_ranked_pixel_and_seeds_follow_the_spec(num_pixels, num_seeds):
-    """Start rank r is the r-th member pixel in row-major order (spec §7.3); the seeds are the spec's greedy FPS,
+def test_fps_start_is_the_ranked_pixel_and_seeds_follow_greedy_fps(num_pixels, num_seeds):
+    """Start rank r is the r-th member pixel in row-major order (the injectable stand-in for the original's
+    unseeded torch.randint); the seeds are the original's greedy FPS (first index on ties),
     and with fewer members than seeds the missing ones repeat seed 0."""
     member = _blob(np.random.default_rng(num_pixels), num_pixels)
     pixels = np.flatnonzero(member)
@@ -263,6 +265,7 @@ def test_gradients_reach_the_memory_features(rpg):
     assert np.abs(grads.reshape(N, MEM_DIM)[fg]).sum() > 0 and np.all(grads.reshape(N, MEM_DIM)[~fg] == 0)
 
 
+@pytest.mark.reference
 def test_foreground_on_memory_grid_matches_torch():
     rng = np.random.default_rng(10)
     logits = 3 * rng.standard_normal((2, 1, 64, 64)).astype(np.float32)

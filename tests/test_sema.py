@@ -1,7 +1,7 @@
-"""SEMA (spec §1.2) against a torch implementation written from the spec text.
+"""SEMA against a torch implementation of the original's structure branch.
 
-The reference is sam2 1.1.0's MemoryAttentionLayer for the main branch (spec §1.2: "exactly SAM 2.1's") and
-RoPEAttention for the structure cross-attention ("configured like the main cross-attention"), with the rest of the
+The reference is sam2 1.1.0's MemoryAttentionLayer for the main branch (the original's is exactly SAM 2.1's) and
+RoPEAttention for the structure cross-attention (configured like the main cross-attention), with the rest of the
 structure branch in torch functional ops in the original's NCHW layout, on the weights of the Flax model exported
 with checkpoints.torch_keys.flax_to_torch (so the key mapping is exercised too). Small size: 256 px -> 16x16 tokens.
 """
@@ -37,7 +37,7 @@ D_MODEL, MEM_DIM, NUM_LAYERS = 256, 64, 4
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
-# Spec §2: the new keys of each `memory_attention.layers.{i}.` and their PyTorch shapes.
+# The keys RobotSeg adds to each `memory_attention.layers.{i}.` and their PyTorch shapes.
 SEMA_KEY_SHAPES = {
     "structure_strength": (),
     "cross_attn_structure.q_proj.weight": (256, 256),
@@ -80,7 +80,8 @@ def _torch_rope_attention(rope_k_repeat: bool, kv_in_dim: int | None) -> TorchRo
 
 
 class TorchSEMAReference:
-    """Spec §1.2 in torch on a flat state dict with the spec §2 keys (prefix `layers.{i}.` / `norm.`)."""
+    """The original's SEMA layers in torch on a flat state dict with RobotSeg's keys (prefix `layers.{i}.` /
+    `norm.`)."""
 
     def __init__(self, state_dict: dict[str, np.ndarray]):
         layer = TorchMemoryAttentionLayer(
@@ -120,7 +121,7 @@ class TorchSEMAReference:
 
     @staticmethod
     def edge_map(raw_image: torch.Tensor) -> torch.Tensor:
-        """Spec §1.3: `_safe_to_gray`, then the first return value of kornia's canny, fp32, clamped."""
+        """The original's EdgeMap: `_safe_to_gray`, then the first return value of kornia's canny, fp32, clamped."""
         x = raw_image / 255.0 if raw_image.max() > 1.5 else raw_image
         gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).clamp(0, 1)
         return kornia.filters.canny(gray, 0.1, 0.2)[0].float().clamp(0, 1)
@@ -193,7 +194,7 @@ def reference(model_and_params):
 
 def _raw_image(seed: int, dim: bool) -> np.ndarray:
     """A normalised model input `[H, W, 3]`. Dim: pixels in [0.45, 0.7], so the normalised max stays <= 1.5 and
-    the edge map skips the /255 (spec §1.3) while gray stays positive."""
+    the edge map skips the /255 (the original divides only when the max exceeds 1.5) while gray stays positive."""
     rng = np.random.default_rng(seed)
     image = random_texture(rng, IMAGE).astype(np.float32) / 255.0
     image[64:192, 96:160] = random_texture(rng, IMAGE)[:128, :64].astype(np.float32) / 255.0
@@ -231,7 +232,7 @@ def _torch(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def test_new_parameter_keys_and_shapes_are_spec_section_2(model_and_params):
+def test_new_parameter_keys_and_shapes_are_the_originals(model_and_params):
     _, params = model_and_params
     state_dict = flax_to_torch(params)
     for i in range(NUM_LAYERS):
@@ -246,8 +247,9 @@ def test_new_parameter_keys_and_shapes_are_spec_section_2(model_and_params):
     assert sum(int(np.prod(s)) for s in SEMA_KEY_SHAPES.values()) * NUM_LAYERS == 2_336_776
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("dim", [False, True], ids=["divided_by_255", "not_divided"])
-def test_sema_matches_spec_reference(model_and_params, reference, dim):
+def test_sema_matches_torch_reference(model_and_params, reference, dim):
     model, params = model_and_params
     curr, memory, curr_pos, memory_pos = _inputs(0)
     raw = np.stack([_raw_image(1, dim), _raw_image(2, dim)])
@@ -267,9 +269,11 @@ def test_sema_matches_spec_reference(model_and_params, reference, dim):
     assert max_abs_diff(maps, ref_maps) <= TOL
 
 
+@pytest.mark.reference
 def test_masked_fixed_capacity_memory_equals_reference_on_valid_entries(model_and_params, reference):
-    """Invalid memory slots and pointers (fixed-capacity memory, DESIGN principle 2) are invisible to both
-    cross-attentions: the result equals the reference on the valid entries alone."""
+    """Invalid memory slots and pointers (the fixed-capacity memory bank, whose static shapes let one compiled step
+    serve every frame) are invisible to both cross-attentions: the result equals the reference on the valid entries
+    alone."""
     model, params = model_and_params
     curr, memory, curr_pos, memory_pos = _inputs(3)
     valid = np.stack(
@@ -297,8 +301,9 @@ def test_masked_fixed_capacity_memory_equals_reference_on_valid_entries(model_an
         assert max_abs_diff(maps[b : b + 1], ref_maps) <= TOL
 
 
+@pytest.mark.reference
 def test_zero_structure_strength_gives_sam2_memory_attention(model_and_params, reference):
-    """With alpha = 0 the gate is 1 and the layer output is SAM 2.1's (spec §1.2: the main branch is unchanged;
+    """With alpha = 0 the gate is 1 and the layer output is SAM 2.1's (the main branch is unchanged;
     the structure branch only feeds the gate and the returned maps)."""
     model, params = model_and_params
     params = jax.tree_util.tree_map_with_path(

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from robotseg_jax.constants import ROBOT_CATEGORIES
 from robotseg_jax.data import vrs_layout
 from robotseg_jax.data.sim import dataset as sim
 
@@ -35,7 +36,7 @@ def dataset(tmp_path_factory):
 def _videos(root):
     return [
         (split, video)
-        for split in sim.SPLITS
+        for split in vrs_layout.SPLITS
         if os.path.isdir(os.path.join(root, split))
         for video in vrs_layout.list_videos(root, split)
     ]
@@ -62,7 +63,7 @@ def test_train_split_mimics_real_vrs(dataset):
     first_frame_only = np.arange(CONFIG.num_frames) == 0
     for split, video in _videos(dataset):
         record = vrs_layout.read_video(dataset, split, video, mask_dirs=("mask_gt", "mask_gt_dinov3"))
-        for category in vrs_layout.CATEGORIES:
+        for category in ROBOT_CATEGORIES:
             gt, pseudo = record.has_label["mask_gt"][category], record.has_label["mask_gt_dinov3"][category]
             if split == "train":
                 np.testing.assert_array_equal(gt, first_frame_only)

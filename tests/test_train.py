@@ -1,10 +1,12 @@
 """Training end to end on a tiny VRS-Sim: the CLI with config overrides, resuming after SIGTERM with the same
-losses, a non-finite batch skipped, and the paper config running one step at a reduced size.
+losses, a seeded run repeating its evaluation exactly, a non-finite batch skipped, and the paper config running one
+step at a reduced size.
 
 The sharded step on 8 simulated devices is in test_train_sharded.py (it needs its own process)."""
 
 import functools
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -111,6 +113,29 @@ def test_resume_after_sigterm_repeats_the_uninterrupted_losses(sim_data, tmp_pat
     resumed = _losses(interrupted)
     assert sorted(resumed) == [1, 2, 3, 4]
     np.testing.assert_allclose([resumed[s] for s in range(1, 5)], [expected[s] for s in range(1, 5)], rtol=1e-5)
+
+
+def test_a_seeded_run_repeats_its_evaluation_exactly(tmp_path):
+    """Training, then the final evaluation, twice with the same seed: identical J&F (the evaluation seeds RPG's
+    draws with the run's seed) and results.json records the seeds."""
+    config = quickstart.get_config()
+    config.image_size = SIZE
+    config.total_steps = 1
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.sim.out = str(tmp_path / "layout")
+    config.data.sim.update({"videos": 6, "frames": 4, "size": SIZE, "workers": 1})  # 2 xArm6 videos held out
+    config.data.update({"sampler": "uniform", "num_frames": 2, "batch_size": 2})
+    config.prompts.update({"prob_robot": 1.0, "prob_point": 0.0})
+    config.eval.every_steps = 0
+    config.final_eval.compare_untrained = False
+    config.final_eval.max_videos = 1
+    config.compilation_cache_dir = str(tmp_path / "jax_cache")
+    runs = [train_and_evaluate(config, str(tmp_path / name)) for name in ("first", "second")]
+    scores = [{key: run["trained"][key] for key in ("J&F", "scores")} for run in runs]  # all but the timing
+    assert scores[0] == scores[1]
+    assert scores[0]["scores"]  # a score was computed, on the held-out video
+    with open(tmp_path / "second" / "results.json") as f:
+        assert json.load(f)["seeds"] == {"seed": 0, "data.sim.seed": 0}
 
 
 def _tiny_step(model_name="robotseg_hiera_t", plan=None, step_config=None, num_frames=2, batch=1):

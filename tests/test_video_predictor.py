@@ -31,7 +31,7 @@ from robotseg_jax.modeling.config import (
     get_model_config,
 )
 from robotseg_jax.modeling.sam2 import NO_OBJ_SCORE
-from tests.reference import max_abs_diff, perturb_
+from tests.reference import max_abs_diff, perturb_, save_official_checkpoint
 
 MODEL = "sam2.1_hiera_t"
 IMAGE_SIZE = 128
@@ -192,6 +192,7 @@ def reference_run(reference, video, name, session, float32_memory=True):
 
 
 # ---------------------------------------------------------------------------------------------- parity
+@pytest.mark.reference
 @pytest.mark.parametrize(
     "name, session",
     [
@@ -211,6 +212,7 @@ def test_matches_reference_with_float32_memory(reference, predictor, video_dir, 
     assert any((r[3] > 0).any() for r in theirs)
 
 
+@pytest.mark.reference
 def test_matches_reference_with_bfloat16_memory(reference, predictor, video_dir):
     # Not the sessions that track an object before its conditioning frame: with no object pointer in memory,
     # sam2 1.1.0 feeds its bf16 memory to float32 layers and fails outside autocast.
@@ -222,6 +224,7 @@ def test_matches_reference_with_bfloat16_memory(reference, predictor, video_dir)
 
 
 # ---------------------------------------------------------------------------------------------- batching, compilation
+@pytest.mark.reference
 def test_objects_tracked_together_equal_each_alone(predictor, video_dir):
     together = run_session(predictor, video_dir, CLICK_AND_BOX)
     alone = [run_session(predictor, video_dir, [CLICK_AND_BOX[i], CLICK_AND_BOX[2]]) for i in (0, 1)]
@@ -232,6 +235,7 @@ def test_objects_tracked_together_equal_each_alone(predictor, video_dir):
         assert max(max_abs_diff(a[3][i : i + 1], b[3]) for a, b in zip(together, run)) <= 1e-5
 
 
+@pytest.mark.reference
 def test_propagation_compiles_the_tracking_step_once(predictor):
     video = _synthetic_video(num_frames=9)  # memory fills from one frame to the full bank
     state = predictor.init_state(video)
@@ -287,6 +291,7 @@ def test_hole_filling_leaves_an_absent_object_alone():
     np.testing.assert_array_equal(fill_holes_in_mask_scores(absent, 8), absent)
 
 
+@pytest.mark.reference
 def test_predictor_fills_holes_in_the_stored_logits(predictor, video_dir):
     def prompted(fill_hole_area):
         predictor.fill_hole_area = fill_hole_area
@@ -305,6 +310,7 @@ def test_predictor_fills_holes_in_the_stored_logits(predictor, video_dir):
 
 
 # ---------------------------------------------------------------------------------------------- video input
+@pytest.mark.reference
 def test_frames_match_sam2_preprocessing(video_dir):
     images, height, width = load_video_frames(video_dir, IMAGE_SIZE, True, compute_device=torch.device("cpu"))
     frames = open_video(video_dir, IMAGE_SIZE)
@@ -343,9 +349,10 @@ def test_mp4_frames_decode_lazily_in_any_order(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- API and errors
+@pytest.mark.reference
 def test_build_from_checkpoint_applies_video_predictor_settings(tmp_path, reference, params):
     path = tmp_path / "model.pt"
-    convert.save_torch_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, path)
+    save_official_checkpoint(reference, path)
     built = build_video_predictor(MODEL, path, image_size=IMAGE_SIZE, fill_hole_area=0)
     assert built.config.image_size == IMAGE_SIZE and built.fill_hole_area == 0
     assert built.config.binarize_mask_from_pts_for_mem_enc and built.config.dynamic_multimask_via_stability
@@ -355,6 +362,7 @@ def test_build_from_checkpoint_applies_video_predictor_settings(tmp_path, refere
         build_video_predictor(MODEL)
 
 
+@pytest.mark.reference
 def test_bad_videos_raise_readable_errors(predictor, tmp_path):
     with pytest.raises(FileNotFoundError, match="No video at"):
         predictor.init_state(tmp_path / "missing")
@@ -373,6 +381,7 @@ def test_bad_videos_raise_readable_errors(predictor, tmp_path):
         predictor.init_state(np.zeros((2, 8, 8, 3), np.float32))
 
 
+@pytest.mark.reference
 def test_bad_prompts_raise_readable_errors(predictor):
     state = predictor.init_state(_synthetic_video(num_frames=2))
     add = predictor.add_new_points_or_box

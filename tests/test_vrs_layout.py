@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from robotseg_jax.constants import ROBOT_CATEGORIES
 from robotseg_jax.data import vrs_layout
 
 
@@ -33,7 +34,7 @@ def test_round_trip(tmp_path):
     assert record.frames.dtype == np.uint8 and record.frames.shape == frames.shape
     assert np.abs(record.frames.astype(int) - frames).max() <= 3
     assert record.frame_ids == [0, 1, 2, 3]
-    for category in vrs_layout.CATEGORIES:
+    for category in ROBOT_CATEGORIES:
         np.testing.assert_array_equal(record.masks["mask_gt"][category], masks[category])
         assert record.has_label["mask_gt"][category].all()
     assert record.metadata == {"embodiment": "panda", "seed": 3}

@@ -15,11 +15,11 @@ and build it from the repo root (no TensorFlow needed):
 (or `tfds_builders.build("vrs", manual_dir, data_dir)` from Python), then read a split with
 `robotseg_jax.data.vrs_tfds.open_split("vrs", "train", data_dir)`.
 
-The pseudo masks come from the offline DINOv3 propagation (spec robotseg.md 4.5); a pseudo-mask folder with a hole
-after its first PNG is an error that names the missing file. `train/txt` and `test/mask_gt_info/*.npy` are not
-read: the videos are the image folders, and the `.npy` files repeat what the test PNGs hold. The embodiment is
-parsed from names such as `train_video_0000___01_franka___training_..._clip_00130_00697` ("franka"), else
-"unknown".
+The pseudo masks come from the offline DINOv3 propagation (`python -m robotseg_jax.teacher.propagate`); a
+pseudo-mask folder with a hole after its first PNG is an error that names the missing file. `train/txt` and
+`test/mask_gt_info/*.npy` are not read: the videos are the image folders, and the `.npy` files repeat what the
+test PNGs hold. The embodiment is parsed from names such as
+`train_video_0000___01_franka___training_..._clip_00130_00697` ("franka"), else "unknown".
 """
 
 import tensorflow_datasets as tfds

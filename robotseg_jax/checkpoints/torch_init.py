@@ -1,6 +1,6 @@
 """PyTorch's default initialisation of Linear, Conv2d, norm and Embedding parameters, on Flax param leaves.
 
-RobotSeg's new modules start from these when training begins from a SAM 2.1 checkpoint (spec §2): conv and
+RobotSeg's new modules start from these when training begins from a SAM 2.1 checkpoint, as in the original: conv and
 linear weights kaiming-uniform(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)), biases U(+-1/sqrt(fan_in)), norm weights 1
 and biases 0, embeddings N(0, 1). Flax's own initialisers differ (lecun-normal kernels, zero biases).
 """

@@ -1,4 +1,5 @@
-"""The one mapping between PyTorch state_dict keys and Flax param paths (DESIGN.md principle 4).
+"""The one mapping between PyTorch state_dict keys and Flax param paths: every checkpoint conversion, in either
+direction, goes through it.
 
 Flax modules in `robotseg_jax.modeling` carry the PyTorch attribute names, with list index `i` written `name_i`,
 so the mapping is a short table of rules rather than a list of keys:
@@ -18,6 +19,7 @@ keys raise `CheckpointMismatchError`, which lists them; nothing is filled in sil
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -25,6 +27,8 @@ from typing import Any
 import jax
 import numpy as np
 from flax import traverse_util
+
+from robotseg_jax.errors import UserError
 
 Params = Mapping[str, Any]
 
@@ -39,12 +43,24 @@ _INDEXED = re.compile(r"^(.+)_(\d+)$")
 _TORCH_WEIGHT_ALIASES = ("kernel", "scale", "embedding")
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the model: lists every missing, unexpected and mis-shaped key."""
+class CheckpointError(UserError, ValueError):
+    """A checkpoint cannot be loaded into the model asked for: the file is missing, is not a checkpoint, or holds
+    another model. The message names the file (where one is known) and the problem."""
 
-    def __init__(self, missing=(), unexpected=(), mismatched=(), context: str = ""):
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint at the path given (also a FileNotFoundError)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint does not fit the model: lists every missing, unexpected and mis-shaped key. `source` names the
+    file it came from, when known."""
+
+    def __init__(self, missing=(), unexpected=(), mismatched=(), context: str = "", source: str = ""):
         self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
-        lines = [f"Checkpoint does not match the model{(' ' + context) if context else ''}:"]
+        self.context, self.source = context, str(source)
+        checkpoint = f"Checkpoint {self.source}" if self.source else "Checkpoint"
+        lines = [f"{checkpoint} does not match the model{(' ' + context) if context else ''}:"]
         if self.missing:
             lines.append(f"  missing keys ({len(self.missing)}): {', '.join(self.missing)}")
         if self.unexpected:
@@ -52,6 +68,10 @@ class CheckpointMismatchError(ValueError):
         for key, got, want in self.mismatched:
             lines.append(f"  shape mismatch for {key}: checkpoint {tuple(got)}, model {tuple(want)}")
         super().__init__("\n".join(lines))
+
+    def with_source(self, source: str | os.PathLike) -> CheckpointMismatchError:
+        """The same error, naming the checkpoint file `source`."""
+        return CheckpointMismatchError(self.missing, self.unexpected, self.mismatched, self.context, str(source))
 
 
 def flax_path_to_torch_key(path: Iterable[str]) -> str:

@@ -1,4 +1,4 @@
-"""Clip augmentation on the host (spec robotseg.md 4.7, the SAM 2.1 MOSE fine-tune transforms), in NumPy/PIL.
+"""Clip augmentation on the host, in NumPy/PIL: SAM 2.1's MOSE fine-tuning transforms, which RobotSeg trains with.
 
 The steps and their order follow sam2's `training/dataset/transforms.py` as configured for RobotSeg:
 horizontal flip (consistent) -> RandomAffine (consistent; skipped when it empties the first frame's mask) -> square
@@ -16,9 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageEnhance
 
-# modeling.common has the same constants; the pipeline keeps its own so that grain workers never import JAX.
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+from robotseg_jax import constants
+
+# As float32 arrays here, not from modeling.common, so that grain workers never import JAX.
+IMAGENET_MEAN = np.asarray(constants.IMAGENET_MEAN, np.float32)
+IMAGENET_STD = np.asarray(constants.IMAGENET_STD, np.float32)
 
 _ENHANCERS = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)  # Color = saturation
 

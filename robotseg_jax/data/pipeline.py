@@ -1,5 +1,5 @@
-"""The grain training input pipeline (spec robotseg.md 4.1): TFDS videos -> (video, category) samples -> clips ->
-augmentation -> batches, optionally mixed with a 1-frame image source.
+"""The grain training input pipeline of RobotSeg's training recipe: TFDS videos -> (video, category) samples ->
+clips -> augmentation -> batches, optionally mixed with a 1-frame image source (RoboEngine-style images).
 
 Per source:
     MapDataset.source(pairs).seed(seed).shuffle()      every (video, category) pair with a label is one sample
@@ -14,7 +14,7 @@ seed every epoch, as the original re-seeds to 42. A batch comes from one source,
     images          float32 [B,T,S,S,3]   ImageNet-normalised
     masks           bool    [B,T,S,S]
     has_label       bool    [B,T]         False where the frame has no mask PNG (its mask is all False)
-    category        int32   [B]           0 arm, 1 gripper, 2 robot (vrs_layout.CATEGORIES)
+    category        int32   [B]           0 arm, 1 gripper, 2 robot (constants.ROBOT_CATEGORIES)
     frame_indices   int32   [B,T]         positions in the video's frame list
     video_index     int32   [B]           record index in the source split
 
@@ -23,8 +23,8 @@ Everything random derives from `seed` through grain's per-element generators, so
 
 Typical use (LET training on VRS with RoboEngine-style images):
 
-    videos = ClipSource(vrs_tfds.open_split("vrs", "train", data_dir), BidirectionalSampler(7), 1, "mask_gt_dinov3")
-    images = ClipSource(vrs_tfds.open_split(name, "train", data_dir), UniformSampler(1), 10, "mask_gt")
+    videos = ClipSource(vrs_tfds.open_split("vrs", "train", data_dir), BidirectionalSampler(7), 1, PSEUDO_MASK_DIR)
+    images = ClipSource(vrs_tfds.open_split(name, "train", data_dir), UniformSampler(1), 10, GT_MASK_DIR)
     it = make_train_iterator(videos, images, image_size=1024, seed=2026, num_workers=8)
     batch = next(it); state = it.get_state(); ...; it.set_state(state)
 """
@@ -41,8 +41,9 @@ import grain
 import numpy as np
 from absl import flags
 
+from robotseg_jax.constants import GT_MASK_DIR, ROBOT_CATEGORIES
 from robotseg_jax.data import augment as augment_lib
-from robotseg_jax.data import samplers, vrs_layout, vrs_tfds
+from robotseg_jax.data import samplers, vrs_tfds
 
 # sam2's VOSDataset: how many random replacement samples to try before giving up.
 MAX_SAMPLE_RETRIES = samplers.MAX_RETRIES
@@ -51,12 +52,12 @@ MAX_SAMPLE_RETRIES = samplers.MAX_RETRIES
 @dataclasses.dataclass(frozen=True)
 class ClipSource:
     """One split of video examples (vrs_tfds features, frames and masks encoded, e.g. `vrs_tfds.open_split`),
-    how clips are drawn from it, its batch size and the masks it trains on (`mask_gt_dinov3` for LET)."""
+    how clips are drawn from it, its batch size and the masks it trains on (`constants.PSEUDO_MASK_DIR` for LET)."""
 
     videos: Sequence[Mapping[str, Any]]
     sampler: samplers.ClipSampler
     batch_size: int
-    mask_dir: str = "mask_gt"
+    mask_dir: str = GT_MASK_DIR
 
     @functools.cached_property
     def pairs(self) -> np.ndarray:
@@ -81,9 +82,10 @@ def make_train_iterator(
     """An endless iterator of training batches with `get_state()` / `set_state()` for checkpointing.
 
     Args:
-      video: the main source; `image` an optional 1-frame source mixed in per batch (spec 4.1).
+      video: the main source; `image` an optional 1-frame source mixed in per batch (RobotSeg mixes VRS clips,
+        batch 1 per GPU, with RoboEngine images, batch 10 per GPU).
       image_size: side S of the square model input.
-      augment: spec 4.7 augmentation; False only resizes and normalises.
+      augment: SAM 2.1's MOSE fine-tuning transforms (augment.py); False only resizes and normalises.
       seed: drives shuffling, clip sampling and augmentation; the image source uses seed + 1.
       mixing_seed: seed of the per-epoch source schedule (the original uses 42).
       shard_index, shard_count: this process's shard; default jax.process_index() / jax.process_count().
@@ -147,7 +149,7 @@ def video_category_pairs(videos: Sequence[Mapping[str, Any]], mask_dir: str) -> 
     pairs = []
     for video_index in range(len(videos)):
         tracks = videos[video_index][mask_dir]
-        pairs += [(video_index, c) for c, name in enumerate(vrs_layout.CATEGORIES) if np.any(tracks[name]["has_label"])]
+        pairs += [(video_index, c) for c, name in enumerate(ROBOT_CATEGORIES) if np.any(tracks[name]["has_label"])]
     return np.array(pairs, np.int64).reshape(-1, 2)
 
 
@@ -198,14 +200,14 @@ class _SampleClip(grain.transforms.RandomMap):
         for _ in range(MAX_SAMPLE_RETRIES):
             video_index, category = int(pair[0]), int(pair[1])
             example = self._videos[video_index]
-            track = _MaskTrack(example[self._mask_dir][vrs_layout.CATEGORIES[category]])
+            track = _MaskTrack(example[self._mask_dir][ROBOT_CATEGORIES[category]])
             frame_indices = samplers.sample_clip(self._sampler, len(example["frames"]), track.visible, rng)
             if frame_indices is not None:
                 return _load_clip(example, track, frame_indices, category, video_index)
             pair = self._pairs[rng.integers(len(self._pairs))]
         raise RuntimeError(
             f"no clip with the object visible in its first frame after {MAX_SAMPLE_RETRIES} random samples of "
-            f"{self._mask_dir} (last: video {_text(example['name'])}, {vrs_layout.CATEGORIES[category]})"
+            f"{self._mask_dir} (last: video {_text(example['name'])}, {ROBOT_CATEGORIES[category]})"
         )
 
 

@@ -1,4 +1,5 @@
-"""Which frames of a video make a training clip (spec robotseg.md 4.2; sam2 `RandomUniformSampler`).
+"""Which frames of a video make a training clip: RobotSeg's `BidirectionalSampler` (7-frame out-and-back clips
+that start and end on the labelled first frame) and sam2's `RandomUniformSampler`.
 
 Frames are addressed by their position in the video's sorted frame list, so position 0 is always the first frame.
 Every draw comes from a numpy Generator, so a clip is a pure function of the generator's state.
@@ -64,7 +65,7 @@ def bidirectional_max_step(num_video_frames: int, num_frames: int = 7) -> int:
 def bidirectional_clip(
     num_video_frames: int, rng: np.random.Generator, num_frames: int = 7, step: int | None = None
 ) -> list[int]:
-    """Spec 4.2: n = min(num_frames, T), half = ceil(n/2), step ~ U{1..max_step} (unless given),
+    """RobotSeg's BidirectionalSampler: n = min(num_frames, T), half = ceil(n/2), step ~ U{1..max_step} (unless given),
     inc = [0, step, ..., (half-1)*step], then back down (the turning frame appears once when n is odd, twice when
     even), clamped to T-1. n=7 gives [0, s, 2s, 3s, 2s, s, 0]."""
     if num_video_frames < 1 or num_frames < 1:

@@ -18,14 +18,22 @@ import sys
 
 import tensorflow_datasets as tfds
 
+from robotseg_jax import cli
+from robotseg_jax.data import vrs_layout, vrs_tfds
+from robotseg_jax.errors import UserError
+
 DATASETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "datasets")
 BUILDER_NAMES = ("vrs", "vrs_sim")
+
+
+class UnknownDatasetError(UserError, ValueError):
+    """A dataset name that has no builder here."""
 
 
 def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
     """The `Builder` class of datasets/<name>/, registered with TFDS as `name`."""
     if name not in BUILDER_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {BUILDER_NAMES}")
+        raise UnknownDatasetError(f"unknown dataset {name!r}; expected one of {BUILDER_NAMES}")
     module_name = f"{name}_dataset_builder"
     if module_name not in sys.modules:  # a second import would register the builder twice, which TFDS rejects
         path = os.path.normpath(os.path.join(DATASETS_DIR, name, f"{module_name}.py"))
@@ -42,8 +50,13 @@ def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
 
 def build(name: str, manual_dir: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     """Builds every split found in `manual_dir` into `data_dir` (TFDS's default when None) as array_record files;
-    a dataset already built there is left as it is."""
+    a dataset already built there is left as it is. Raises VRSLayoutError, naming the path, when `manual_dir` is
+    not a VRS layout or one of its files cannot be read."""
     builder = builder_class(name)(data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():  # fail before TFDS prepares anything, naming the folder
+        if not os.path.isdir(manual_dir):
+            raise vrs_layout.VRSLayoutError(f"no manual dir (VRS layout folder) at {manual_dir}")
+        vrs_tfds.available_splits(manual_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return builder
 
@@ -59,4 +72,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -19,13 +19,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-CATEGORIES = ("arm", "gripper", "robot")
-CATEGORY_FOLDERS = {"arm": "000", "gripper": "001", "robot": "002"}
+from robotseg_jax.constants import CATEGORY_FOLDERS, GT_MASK_DIR, ROBOT_CATEGORIES
+from robotseg_jax.errors import UserError
+
+SPLITS = ("train", "val", "test")
 IMAGE_DIR = "image"
 META_DIR = "meta"
 
 
-class VRSLayoutError(ValueError):
+class VRSLayoutError(UserError, ValueError):
     """A file or folder of the layout is missing, unreadable or inconsistent; the message names the path."""
 
 
@@ -37,7 +39,7 @@ def frame_path(root: str, split: str, video: str, frame_id: int) -> str:
     return os.path.join(video_image_dir(root, split, video), f"{frame_id:05d}.jpg")
 
 
-def mask_path(root: str, split: str, video: str, category: str, frame_id: int, mask_dir: str = "mask_gt") -> str:
+def mask_path(root: str, split: str, video: str, category: str, frame_id: int, mask_dir: str = GT_MASK_DIR) -> str:
     return os.path.join(root, split, mask_dir, video, _category_folder(category), f"{frame_id:05d}.png")
 
 
@@ -51,7 +53,7 @@ def write_video(
     video: str,
     frames: np.ndarray,
     masks: Mapping[str, np.ndarray],
-    mask_dir: str = "mask_gt",
+    mask_dir: str = GT_MASK_DIR,
     label_frames: Sequence[int] | None = None,
     metadata: dict | None = None,
     jpeg_quality: int = 95,
@@ -118,7 +120,7 @@ def read_frame(root: str, split: str, video: str, frame_id: int) -> np.ndarray:
 
 
 def read_mask(
-    root: str, split: str, video: str, category: str, frame_id: int, mask_dir: str = "mask_gt"
+    root: str, split: str, video: str, category: str, frame_id: int, mask_dir: str = GT_MASK_DIR
 ) -> np.ndarray | None:
     """The mask (pixels > 0) as bool [H,W], or None when the PNG does not exist. Raises if the mask's size differs
     from its frame's, so a misaligned label cannot slip into training or scoring."""
@@ -160,7 +162,7 @@ class VideoRecord:
     metadata: dict
 
 
-def read_video(root: str, split: str, video: str, mask_dirs: Sequence[str] = ("mask_gt",)) -> VideoRecord:
+def read_video(root: str, split: str, video: str, mask_dirs: Sequence[str] = (GT_MASK_DIR,)) -> VideoRecord:
     """Reads every frame and every mask PNG of `mask_dirs` for all categories."""
     frame_ids = list_frames(root, split, video)
     frame_list = [read_frame(root, split, video, i) for i in frame_ids]
@@ -175,7 +177,7 @@ def read_video(root: str, split: str, video: str, mask_dirs: Sequence[str] = ("m
     has_label: dict[str, dict[str, np.ndarray]] = {}
     for mask_dir in mask_dirs:
         masks[mask_dir], has_label[mask_dir] = {}, {}
-        for category in CATEGORIES:
+        for category in ROBOT_CATEGORIES:
             per_frame = [read_mask(root, split, video, category, i, mask_dir) for i in frame_ids]
             has_label[mask_dir][category] = np.array([m is not None for m in per_frame])
             masks[mask_dir][category] = np.stack(
@@ -186,7 +188,7 @@ def read_video(root: str, split: str, video: str, mask_dirs: Sequence[str] = ("m
 
 def _category_folder(category: str) -> str:
     if category not in CATEGORY_FOLDERS:
-        raise VRSLayoutError(f"unknown category {category!r}; expected one of {CATEGORIES}")
+        raise VRSLayoutError(f"unknown category {category!r}; expected one of {ROBOT_CATEGORIES}")
     return CATEGORY_FOLDERS[category]
 
 

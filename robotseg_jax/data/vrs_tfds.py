@@ -7,7 +7,7 @@ One example per video:
     frames                             [T] JPEG bytes, as stored on disk
     <mask_dir>/<category>/masks        [T] PNG bytes, 0/255 grey (all zeros where unlabelled)
     <mask_dir>/<category>/has_label    bool [T]    (True where the layout has that frame's PNG)
-for mask_dir in MASK_DIRS and category in vrs_layout.CATEGORIES. A split without a mask dir (e.g. no pseudo
+for mask_dir in MASK_DIRS and category in ROBOT_CATEGORIES. A split without a mask dir (e.g. no pseudo
 masks in test) has has_label all False there.
 
 TFDS stores the JPEG/PNG bytes as they are, so building needs no TensorFlow. Reading uses `tfds.data_source`
@@ -26,11 +26,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from robotseg_jax.constants import GT_MASK_DIR, PSEUDO_MASK_DIR, ROBOT_CATEGORIES
 from robotseg_jax.data import vrs_layout
 
-MASK_DIRS = ("mask_gt", "mask_gt_dinov3")
-PSEUDO_MASK_DIR = "mask_gt_dinov3"
-SPLITS = ("train", "val", "test")
+MASK_DIRS = (GT_MASK_DIR, PSEUDO_MASK_DIR)  # the mask folders every example holds
 
 # Real VRS names carry the embodiment: "train_video_0000___01_franka___training_..._clip_00130_00697".
 _EMBODIMENT_IN_NAME = re.compile(r"___\d+_(.+?)___")
@@ -49,14 +48,14 @@ def video_features() -> tfds.features.FeaturesDict:
             "embodiment": tfds.features.Text(),
             "frame_ids": tfds.features.Sequence(np.int32),
             "frames": tfds.features.Sequence(tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")),
-            **{d: {c: mask_track() for c in vrs_layout.CATEGORIES} for d in MASK_DIRS},
+            **{d: {c: mask_track() for c in ROBOT_CATEGORIES} for d in MASK_DIRS},
         }
     )
 
 
 def available_splits(root: str) -> list[str]:
-    """The splits of SPLITS that have an image folder under `root`; raises if there is none."""
-    splits = [s for s in SPLITS if os.path.isdir(os.path.join(root, s, vrs_layout.IMAGE_DIR))]
+    """The splits of vrs_layout.SPLITS that have an image folder under `root`; raises if there is none."""
+    splits = [s for s in vrs_layout.SPLITS if os.path.isdir(os.path.join(root, s, vrs_layout.IMAGE_DIR))]
     if not splits:
         raise vrs_layout.VRSLayoutError(
             f"no split under {root}: expected <root>/<train|val|test>/image/<video>/<frame:05d>.jpg"
@@ -98,7 +97,7 @@ def encode_video(root: str, split: str, video: str) -> dict:
     }
     for mask_dir in MASK_DIRS:
         example[mask_dir] = {}
-        for category in vrs_layout.CATEGORIES:
+        for category in ROBOT_CATEGORIES:
             masks = [vrs_layout.read_mask(root, split, video, category, i, mask_dir) for i in frame_ids]
             has_label = [m is not None for m in masks]
             if mask_dir == PSEUDO_MASK_DIR:
@@ -151,7 +150,7 @@ def open_split(name: str, split: str, data_dir: str | None = None):
     masks left as encoded bytes. It is opened from the files alone, never from the builder code, so that grain's
     worker processes can unpickle it without importing the builders."""
     keep = KeepEncoded()
-    decoders = {"frames": keep, **{d: {c: {"masks": keep} for c in vrs_layout.CATEGORIES} for d in MASK_DIRS}}
+    decoders = {"frames": keep, **{d: {c: {"masks": keep} for c in ROBOT_CATEGORIES} for d in MASK_DIRS}}
     builder = tfds.core.read_only_builder.builder_from_files(name, data_dir=data_dir)
     return builder.as_data_source(split=split, decoders=decoders)
 

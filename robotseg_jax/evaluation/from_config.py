@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 from typing import Any
 
 from ml_collections import config_dict
 
-from robotseg_jax.data.vrs_layout import CATEGORIES
+from robotseg_jax.checkpoints.convert import CheckpointError
+from robotseg_jax.constants import ROBOT_CATEGORIES
+from robotseg_jax.data.eval_videos import LayoutVideos, TfdsVideos, open_videos
+from robotseg_jax.errors import UserError
 from robotseg_jax.evaluation.report import EvalResults, write_report
 from robotseg_jax.evaluation.runner import evaluate
 from robotseg_jax.evaluation.settings import SETTINGS
-from robotseg_jax.evaluation.videos import LayoutVideos, TfdsVideos, open_videos
 from robotseg_jax.inference import VideoPredictor, build_video_predictor
 from robotseg_jax.modeling.config import get_model_config
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """The config asks for something impossible or misses something required; the message names the field."""
 
 
@@ -46,7 +47,7 @@ class EvalRun:
 
 def plan_from_config(config: config_dict.ConfigDict) -> EvalPlan:
     settings = _choices(config.settings, SETTINGS, "settings", str.upper)
-    categories = _choices(config.categories, CATEGORIES, "categories", str.lower)
+    categories = _choices(config.categories, ROBOT_CATEGORIES, "categories", str.lower)
     if config.image_mode and "OI" in settings:
         raise ConfigError("settings: OI corrects frames during tracking, so it has no image mode; drop OI")
     if config.max_videos is not None and config.max_videos < 1:
@@ -72,12 +73,12 @@ def plan_from_config(config: config_dict.ConfigDict) -> EvalPlan:
 
 
 def load_predictor(config: config_dict.ConfigDict) -> VideoPredictor:
-    """The video predictor of `config.model` with the weights of `config.checkpoint` at `config.image_size`."""
+    """The video predictor of `config.model` with the weights of `config.checkpoint` at `config.image_size`, its
+    sessions seeded with `config.seed` (RobotSeg's RPG draws; None: fresh ones, as the unseeded original)."""
     try:
-        return build_video_predictor(config.model, config.checkpoint, **_overrides(config))
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
-        # torch.load reports a file that is not a checkpoint as RuntimeError or UnpicklingError.
-        raise ConfigError(f"cannot load the checkpoint {config.checkpoint}: {err}") from err
+        return build_video_predictor(config.model, config.checkpoint, seed=config.seed, **_overrides(config))
+    except CheckpointError as err:  # names the file and the problem
+        raise ConfigError(f"cannot load the checkpoint: {err}") from err
 
 
 def run_plan(plan: EvalPlan, predictor: Any) -> EvalRun:

@@ -1,4 +1,4 @@
-"""The guided-filter post-processing of the VRS test scripts (spec §5, `test/utils.guided_refine_mask`), in NumPy.
+"""The guided-filter post-processing of RobotSeg's VRS test scripts (`test/utils.guided_refine_mask`), in NumPy.
 
 Only a band around the mask boundary is re-decided: a guided filter of the mask, with the frame's grey image as the
 guide, is blended between radius 3 (thin parts) and radius 7 (thick parts, judged by the local maximum of the

@@ -1,4 +1,4 @@
-"""Per-frame DAVIS region similarity J and boundary F-measure, batched over frames (spec §6 "Scoring").
+"""Per-frame DAVIS region similarity J and boundary F-measure, batched over frames, as the VRS evaluation scores.
 
 Both follow davis2017-evaluation / vos-benchmark as vendored by RobotSeg's `tools/benchmark.py`:
 - J = |A∩B| / |A∪B|, and 1 when both masks are empty.

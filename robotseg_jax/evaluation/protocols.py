@@ -1,5 +1,5 @@
-"""Prompt selection of the VRS evaluation protocols (spec §6) as functions of masks, and the interactive loops of
-3C and OI written against a small predictor interface, so that they run with any segmenter.
+"""Prompt selection of the VRS evaluation protocols (RobotSeg's test scripts) as functions of masks, and the
+interactive loops of 3C and OI written against a small predictor interface, so that they run with any segmenter.
 
 All masks are boolean [H,W] at video resolution; points are (x=col, y=row) in video pixels, as upstream passes them.
 """
@@ -59,8 +59,8 @@ class InteractiveVideoPredictor(Protocol):
 
 
 def first_visible_frame(gt_masks: Mapping[int, np.ndarray] | Sequence[np.ndarray]) -> int:
-    """The start frame (§5 "Automatic-mode start frame"): the first key, in insertion order, whose GT mask has a
-    pixel; 0 when there is none."""
+    """The start frame of every setting, AU included (upstream's VRS test scripts use the GT to find where the
+    object first appears): the first key, in insertion order, whose GT mask has a pixel; 0 when there is none."""
     items = gt_masks.items() if isinstance(gt_masks, Mapping) else enumerate(gt_masks)
     return next((int(k) for k, mask in items if np.any(mask)), 0)
 
@@ -166,7 +166,8 @@ def online_interactive(
     iou_threshold: float = OI_IOU_THRESHOLD,
     num_clicks: int = NUM_CLICKS,
 ) -> OnlineInteractiveResult:
-    """OI (§6): 3C on the start frame, then propagation with up to `max_corrected_frames` online corrections.
+    """OI (online interactive): 3C on the start frame, then propagation with up to `max_corrected_frames` online
+    corrections.
 
     A propagated frame with a non-empty GT and IoU < `iou_threshold`, met while fewer than `max_corrected_frames`
     corrections have been kept, gets a fresh `click_session` from its tracked mask. The correction is kept (and

@@ -1,8 +1,8 @@
 """Evaluation results: per-video scores collected while running, and the paper-style summary written from them.
 
-Scores are J, F and J&F in percent. Per spec §6 a category's dataset score is the unweighted mean over its videos
-of the per-video means; the three categories are never averaged together. Per-embodiment rows apply the same mean
-within each embodiment.
+Scores are J, F and J&F in percent. As in RobotSeg's VRS evaluator, a category's dataset score is the unweighted
+mean over its videos of the per-video means; the three categories are never averaged together. Per-embodiment
+rows apply the same mean within each embodiment.
 
 Files (next to the prediction folders `<out>/<setting>/<category>/<video>/`):
     <out>/results.csv                                   setting, category, group (all | embodiment), videos, J, F, J&F
@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any
 
-from robotseg_jax.data.vrs_layout import CATEGORY_FOLDERS
+from robotseg_jax.constants import CATEGORY_FOLDERS
 from robotseg_jax.evaluation.scores import (
     Score,
     mean_over_videos,

@@ -1,7 +1,8 @@
-"""Runs the VRS evaluation (spec §6): every chosen setting and category over every video, saving the masks as
-PNGs and scoring them.
+"""Runs the VRS evaluation with RobotSeg's protocol: every chosen setting and category over every video, saving the
+masks as PNGs and scoring them.
 
-Per video and category: the GT is read once, the start frame is the first labelled frame with a GT pixel (§5),
+Per video and category: the GT is read once, the start frame is the first labelled frame with a GT pixel (as
+upstream's VRS test scripts choose it, also in automatic mode; frames before it are never predicted),
 and each setting starts from a fresh object on the same predictor state (so image features stay cached).
 A video whose GT for the category is absent or empty everywhere is skipped and recorded: upstream skips the
 former silently and cannot run the latter (no `mask_gt_info` file), and no prompt can be placed on it.
@@ -18,20 +19,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from robotseg_jax.data.vrs_layout import CATEGORIES
+from robotseg_jax.constants import ROBOT_CATEGORIES
 from robotseg_jax.evaluation.guided_filter import refine_mask
 from robotseg_jax.evaluation.protocols import first_visible_frame
 from robotseg_jax.evaluation.report import EvalResults
 from robotseg_jax.evaluation.scores import Score, video_score
 from robotseg_jax.evaluation.session import PredictorSession, supports_robot_prompts
 from robotseg_jax.evaluation.settings import SETTINGS, predict
-from robotseg_jax.evaluation.videos import (
-    DatasetError,
-    EvalVideo,
-    LayoutVideos,
-    TfdsVideos,
-    as_images,
-)
+from robotseg_jax.data.eval_videos import DatasetError, EvalVideo, LayoutVideos, TfdsVideos
+from robotseg_jax.evaluation.image_mode import as_images
 
 
 def evaluate(
@@ -47,10 +43,12 @@ def evaluate(
     progress: bool = True,
 ) -> EvalResults:
     """Evaluates a predictor with sam2's video API (`inference.VideoPredictor` or RobotSeg's) on `videos`
-    (`videos.open_videos`). In image mode each labelled frame is a 1-frame video. AU needs RobotSeg's
+    (`data.eval_videos.open_videos`). In image mode each labelled frame is a 1-frame video. AU needs RobotSeg's
     `add_new_robot`; without it AU is recorded as unavailable."""
-    if not set(settings) <= set(SETTINGS) or not set(categories) <= set(CATEGORIES):
-        raise ValueError(f"settings {settings} and categories {categories} must be subsets of {SETTINGS}, {CATEGORIES}")
+    if not set(settings) <= set(SETTINGS) or not set(categories) <= set(ROBOT_CATEGORIES):
+        raise ValueError(
+            f"settings {settings} and categories {categories} must be subsets of {SETTINGS}, {ROBOT_CATEGORIES}"
+        )
     results = EvalResults(list(settings), list(categories))
     runnable = list(settings)
     if "AU" in runnable and not supports_robot_prompts(predictor):
@@ -109,10 +107,12 @@ def record_prediction(
     """Saves one run's masks and scores them against the GT.
 
     masks: {position: bool [H,W]} in the order propagation yielded them. With `guided_filter`, every mask but
-        the first yielded (the prompted start frame) is refined as upstream's VRS scripts do (§5).
+        the first yielded (the prompted start frame) is refined with upstream's guided filter, as its VRS test
+        scripts do.
     Writes `<category_dir>/<video.folder>/<frame_id:05d>.png` (0/255) for every frame. Frames never predicted
     (those before the start frame) are saved and scored as empty, so that every GT PNG has a prediction, as
-    upstream's evaluator asserts. Their GT is empty too, so §6's scoring gives them no entry.
+    upstream's evaluator asserts. Their GT is empty too, so the scoring gives them no entry (upstream's evaluator
+    skips frames before the object has appeared in the GT or the prediction).
     """
     first = next(iter(masks))
     refined = {

@@ -1,4 +1,4 @@
-"""VRS score tables (spec §6 "Scoring"): J and F per video, then unweighted means over videos, one category at a time.
+"""VRS score tables: J and F per video, then unweighted means over videos, one category at a time.
 
 The upstream evaluator (`tools/benchmark.py`, run with `--do_not_skip_first_and_last_frame`) is reproduced with its
 quirks: frames before the object first appears in the GT or the prediction get no entry, a video whose GT is always

@@ -1,7 +1,7 @@
 """A video predictor with sam2's API, holding one object of one category, as the evaluation protocols want it
 (`protocols.InteractiveVideoPredictor`, plus the box and robot prompts of BB and AU).
 
-RobotSeg's predictor (spec §5) takes the category on every call: `robots=c` when adding points or a box,
+RobotSeg's predictor takes the category on every call: `robots=c` when adding points or a box,
 `robot=c` when propagating, and has `add_new_robot` for the automatic prompt. SAM 2.1's takes none of these. A
 predictor counts as RobotSeg's when it has `add_new_robot`; the category is then always passed by keyword, since
 `robots` is RobotSeg's 4th positional parameter and would swallow a positional SAM 2 call's points.
@@ -16,7 +16,7 @@ import numpy as np
 
 from robotseg_jax.evaluation.protocols import Clicks
 
-OBJ_ID = 1  # one object per run (§6: a separate run per category)
+OBJ_ID = 1  # one object per run (upstream runs each category separately)
 
 
 def supports_robot_prompts(predictor: Any) -> bool:
@@ -27,8 +27,9 @@ def supports_robot_prompts(predictor: Any) -> bool:
 class PredictorSession:
     """One object of `category` on an initialised state; the state's earlier objects and prompts are removed.
 
-    Every method returns boolean masks at video resolution: the object's logits > 0 (§6), the frame's previous
-    logits having been fed back as the mask prompt by the predictor itself (sam2's rule for repeated clicks).
+    Every method returns boolean masks at video resolution: the object's logits > 0 (upstream's threshold), the
+    frame's previous logits having been fed back as the mask prompt by the predictor itself (sam2's rule for
+    repeated clicks).
     """
 
     def __init__(self, predictor: Any, state: Any, category: str):
@@ -58,7 +59,7 @@ class PredictorSession:
         return self._mask(obj_ids, logits)
 
     def add_robot(self, frame_idx: int) -> np.ndarray:
-        """AU: the category alone as the prompt (§5 `add_new_robot`)."""
+        """AU: the category alone as the prompt (RobotSeg's `add_new_robot`)."""
         if not self.robot_prompts:
             raise TypeError(f"{type(self.predictor).__name__} has no robot prompts (no add_new_robot)")
         _, obj_ids, logits = self.predictor.add_new_robot(self.state, frame_idx, OBJ_ID, self.category)

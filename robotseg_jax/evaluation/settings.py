@@ -1,4 +1,4 @@
-"""The five VRS prompt settings (spec §6 "Prompt modes"), each as: prompt the start frame, then propagate forward.
+"""The five VRS prompt settings of RobotSeg's test scripts, each as: prompt the start frame, then propagate forward.
 
 - AU: the category alone (`add_new_robot`, RobotSeg only).
 - 1C: one click at the GT pixel nearest to the GT centroid.

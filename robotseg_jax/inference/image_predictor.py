@@ -1,6 +1,6 @@
 """SAM2ImagePredictor (sam2/sam2_image_predictor.py) for the Flax SAM 2.1: embed an image once, prompt it many times.
 
-    predictor = build_image_predictor("sam2.1_hiera_t", "sam2.1_hiera_tiny.pt")
+    predictor = build_image_predictor("sam2.1_hiera_t", "sam2.1_hiera_tiny.pt")   # robotseg_jax.inference
     predictor.set_image(image)                       # HWC uint8 RGB or PIL
     masks, scores, logits = predictor.predict(point_coords=[[500, 375]], point_labels=[1])
 
@@ -13,7 +13,6 @@ prompt shape (number of points, number of prompt sets, mask or not, multimask or
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 
 import jax
@@ -21,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from robotseg_jax.checkpoints.convert import load_checkpoint
+from robotseg_jax.constants import BOX_CORNER_LABELS, NEGATIVE_LABEL, PAD_LABEL, POSITIVE_LABEL, PROMPT_LOGITS_CLAMP
 from robotseg_jax.inference import transforms
-from robotseg_jax.modeling.config import SAM2Config, get_model_config
+from robotseg_jax.modeling.config import SAM2Config
 from robotseg_jax.modeling.sam2 import SAM2Model
 
 # What sam2's `build_sam2(apply_postprocessing=True)` sets on top of the yaml for the image predictor: a single
@@ -31,24 +30,18 @@ from robotseg_jax.modeling.sam2 import SAM2Model
 IMAGE_PREDICTOR_OVERRIDES = {"dynamic_multimask_via_stability": True}
 
 # Point labels a caller may give: background, foreground, and padding for prompt sets of unequal length.
-_USER_POINT_LABELS = (-1, 0, 1)
-_BOX_CORNER_LABELS = (2, 3)
-# sam2 clamps the returned low-res logits so that they are safe to feed back as mask_input.
-_LOW_RES_CLAMP = 32.0
+_USER_POINT_LABELS = (PAD_LABEL, NEGATIVE_LABEL, POSITIVE_LABEL)
 
 ImageLike = np.ndarray | Image.Image
 
 
 def _encode(model: SAM2Model, variables: dict, images: jax.Array) -> tuple[jax.Array, tuple]:
-    """Normalised `[B, S, S, 3]` -> (image embedding `[B, h, w, C]` with the no-memory embedding added,
-    the projected high-res features), as SAM2ImagePredictor.set_image."""
+    """Normalised `[B, S, S, 3]` -> (the image embedding `[B, h, w, C]`: the no-memory features a video's first
+    frame also gets, and the projected high-res features), as SAM2ImagePredictor.set_image."""
 
     def run(module: SAM2Model):
         features = module.forward_image(images)
-        embed = features.vision_feats
-        if module.config.directly_add_no_mem_embed:
-            embed = embed + module.no_mem_embed  # what the model saw on video frames without memory
-        return embed, features.high_res_features
+        return module.no_memory_features(features), features.high_res_features
 
     return model.apply(variables, method=run)
 
@@ -64,19 +57,12 @@ def _decode(
     multimask_output: bool,
 ) -> tuple[jax.Array, jax.Array]:
     """Prompt encoder + mask decoder for `B` prompt sets on one image (`[1, h, w, C]`): low-res logits
-    `[B, M, 4h, 4w]` and IoU predictions `[B, M]`, as SAM2ImagePredictor._predict."""
+    `[B, M, 4h, 4w]` and IoU predictions `[B, M]`, as SAM2ImagePredictor._predict (no object-score masking)."""
 
     def run(module: SAM2Model):
         points = None if point_coords is None else (point_coords, point_labels)
-        sparse, dense = module.sam_prompt_encoder(points, None, mask_input)
-        low_res, ious, _, _ = module.sam_mask_decoder(
-            image_embeddings=image_embed,
-            image_pe=module.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-            repeat_image=True,  # one image for every prompt set (a no-op for a single set)
-            high_res_features=list(high_res_features) if high_res_features else None,
+        low_res, ious, _, _ = module.decode_masks(
+            image_embed, high_res_features, points, mask_input, multimask_output, repeat_image=True
         )
         return low_res, ious
 
@@ -242,7 +228,8 @@ class ImagePredictor:
         masks = np.asarray(masks)
         if not return_logits:
             masks = (masks > self.mask_threshold).astype(np.float32)  # sam2 returns 0/1 as float32
-        low_res = np.clip(np.asarray(low_res), -_LOW_RES_CLAMP, _LOW_RES_CLAMP)
+        # sam2 clamps the returned low-res logits so that they are safe to feed back as mask_input
+        low_res = np.clip(np.asarray(low_res), -PROMPT_LOGITS_CLAMP, PROMPT_LOGITS_CLAMP)
         ious = np.asarray(ious)
         if ious.shape[0] == 1:  # one prompt set: no batch axis, as sam2's squeeze(0)
             return masks[0], ious[0], low_res[0]
@@ -278,7 +265,7 @@ class ImagePredictor:
                 raise ValueError(f"box must be [4] or [B, 4] (x0, y0, x1, y1), got shape {box.shape}")
             corners = transforms.transform_coords(box.reshape(-1, 2, 2), orig_hw, self.config.image_size,
                                                   normalize_coords)
-            corner_labels = np.tile(np.array([_BOX_CORNER_LABELS], np.int32), (corners.shape[0], 1))
+            corner_labels = np.tile(np.array([BOX_CORNER_LABELS], np.int32), (corners.shape[0], 1))
             if coords is None:
                 coords, labels = corners, corner_labels
             elif corners.shape[0] != coords.shape[0]:
@@ -303,25 +290,3 @@ class ImagePredictor:
             raise ValueError(f"{mask.shape[0]} mask inputs for {batch} prompt sets")
         # One mask for several point sets is shared, as torch broadcasting does in sam2.
         return np.broadcast_to(mask.transpose(0, 2, 3, 1), (batch, s, s, 1))
-
-
-def build_image_predictor(
-    model_name: str,
-    checkpoint: str | os.PathLike | None = None,
-    *,
-    params: dict | None = None,
-    mask_threshold: float = 0.0,
-    max_hole_area: float = 0.0,
-    max_sprinkle_area: float = 0.0,
-    **config_overrides,
-) -> ImagePredictor:
-    """An `ImagePredictor` for a named model (`sam2.1_hiera_t`, ...), as sam2's `build_sam2` +
-    `SAM2ImagePredictor`: weights from `checkpoint` (an official .pt or an orbax directory written by
-    `robotseg_jax.convert`) or already converted `params`; `config_overrides` such as `image_size=512` change the
-    model config."""
-    if (checkpoint is None) == (params is None):
-        raise ValueError("give exactly one of checkpoint (a .pt file or orbax directory) or params")
-    config = get_model_config(model_name, **{**IMAGE_PREDICTOR_OVERRIDES, **config_overrides})
-    if params is None:
-        params = load_checkpoint(checkpoint, config)
-    return ImagePredictor(config, params, mask_threshold, max_hole_area, max_sprinkle_area)

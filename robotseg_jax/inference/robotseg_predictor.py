@@ -1,4 +1,4 @@
-"""RobotSeg's video predictor (spec §5, `RobotSegVideoPredictor`): sam2's API plus a robot category.
+"""RobotSeg's video predictor (the original's `RobotSegVideoPredictor`): sam2's API plus a robot category.
 
 The category (arm, gripper or robot) adds the class token and RPG's object tokens to the mask decoder's prompts:
 - `add_new_robot` segments an object from its category alone (0-click, automatic mode);
@@ -6,7 +6,7 @@ The category (arm, gripper or robot) adds the class token and RPG's object token
 - `propagate_in_video(state, robot=c)` tracks every object with the category.
 Everything else is `VideoPredictor`'s bookkeeping, with one more rule: `add_new_mask` outputs are frozen, i.e.
 propagation keeps them rather than re-tracking their frames. An image is a 1-frame video (`init_state(image[None])`):
-there is no memory then, so RPG gives its no-memory tokens and only the class token conditions the mask (§1.6).
+there is no memory then, so RPG gives its no-memory tokens and only the class token conditions the mask.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from collections.abc import Hashable, Iterator
 
 import numpy as np
 
+from robotseg_jax.constants import ROBOT_CATEGORIES
 from robotseg_jax.inference.video_predictor import NO_CATEGORY, VideoPredictor
 from robotseg_jax.inference.video_state import InferenceState
 from robotseg_jax.modeling.config import RobotSegConfig
-from robotseg_jax.modeling.mask_decoder import ROBOT_CATEGORIES, robot_category_index
+from robotseg_jax.modeling.mask_decoder import robot_category_index
 from robotseg_jax.modeling.sam2 import Prompts
 
 
@@ -27,7 +28,7 @@ class RobotSegVideoPredictor(VideoPredictor):
     `robots` is `add_new_points_or_box`'s 4th positional parameter and `robot` is `propagate_in_video`'s 2nd (a
     positional SAM 2 call of `add_new_points_or_box` is rejected rather than read as a category)."""
 
-    freeze_mask_outputs = True  # spec §5: add_new_mask outputs are re-used, not re-tracked
+    freeze_mask_outputs = True  # the original re-uses add_new_mask outputs instead of re-tracking them
 
     def __init__(self, config: RobotSegConfig, params: dict, **kwargs):
         if not isinstance(config, RobotSegConfig):
@@ -48,7 +49,7 @@ class RobotSegVideoPredictor(VideoPredictor):
     ) -> tuple[int, list, np.ndarray]:
         """`VideoPredictor.add_new_points_or_box` with the object's category `robots` (or None: no class token).
         With a category, the decoder also gets RPG's tokens: the no-memory ones on an untracked frame, tokens from
-        the memory on a tracked one (spec §5)."""
+        the memory on a tracked one."""
         category = _category(robots, "robots")
         return self._add_points_or_box(
             state, frame_idx, obj_id, points, labels, clear_old_points, normalize_coords, box, category
@@ -57,7 +58,7 @@ class RobotSegVideoPredictor(VideoPredictor):
     def add_new_robot(
         self, state: InferenceState, frame_idx: int, obj_id: Hashable, robot: str
     ) -> tuple[int, list, np.ndarray]:
-        """Segments an object on a frame from its category alone (spec §5).
+        """Segments an object on a frame from its category alone (the automatic, 0-click mode).
 
         The frame's points and mask of that object are removed, and the frame runs with no click (SAM's 2
         not-a-point tokens), no mask and not the previous logits: on an untracked frame without memory (the best of

@@ -19,7 +19,19 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
+from robotseg_jax.errors import UserError
 from robotseg_jax.modeling.common import IMAGENET_MEAN, IMAGENET_STD
+
+
+
+class VideoError(UserError, ValueError):
+    """A video that cannot be read: not a JPEG folder or .mp4 file, no frames, an undecodable frame; the message
+    names the path."""
+
+
+class VideoNotFoundError(VideoError, FileNotFoundError):
+    """No file or folder at the video's path."""
+
 
 JPEG_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG")
 VIDEO_EXTENSIONS = (".mp4", ".MP4")
@@ -84,12 +96,12 @@ def open_video(video, image_size: int, cache_size: int = 2) -> VideoFrames:
         )
     path = os.fspath(video)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No video at {path}")
+        raise VideoNotFoundError(f"No video at {path}")
     if os.path.isdir(path):
         return _jpeg_folder_frames(path, image_size, cache_size)
     if os.path.splitext(path)[1] in VIDEO_EXTENSIONS:
         return _mp4_frames(path, image_size, cache_size)
-    raise ValueError(f"{path} is neither a folder of JPEG frames nor an .mp4 file")
+    raise VideoError(f"{path} is neither a folder of JPEG frames nor an .mp4 file")
 
 
 def _array_frames(video: np.ndarray, image_size: int, cache_size: int) -> VideoFrames:
@@ -105,10 +117,10 @@ def _array_frames(video: np.ndarray, image_size: int, cache_size: int) -> VideoF
 def _jpeg_folder_frames(folder: str, image_size: int, cache_size: int) -> VideoFrames:
     names = [p for p in os.listdir(folder) if os.path.splitext(p)[1] in JPEG_EXTENSIONS]
     if not names:
-        raise ValueError(f"No JPEG frames ({', '.join(JPEG_EXTENSIONS)}) in {folder}")
+        raise VideoError(f"No JPEG frames ({', '.join(JPEG_EXTENSIONS)}) in {folder}")
     bad = [p for p in names if not os.path.splitext(p)[0].isdigit()]
     if bad:
-        raise ValueError(f"JPEG frames must be named by frame number (e.g. 00000.jpg); {folder} has {sorted(bad)[:3]}")
+        raise VideoError(f"JPEG frames must be named by frame number (e.g. 00000.jpg); {folder} has {sorted(bad)[:3]}")
     names.sort(key=lambda p: int(os.path.splitext(p)[0]))  # sam2's ordering
     paths = [os.path.join(folder, p) for p in names]
 
@@ -117,7 +129,7 @@ def _jpeg_folder_frames(folder: str, image_size: int, cache_size: int) -> VideoF
             with Image.open(paths[index]) as image:
                 return image.convert("RGB")  # a decoded copy that outlives the file handle
         except OSError as err:
-            raise ValueError(f"Cannot read frame {index} ({paths[index]}): {err}") from err
+            raise VideoError(f"Cannot read frame {index} ({paths[index]}): {err}") from err
 
     width, height = read(0).size
     return VideoFrames(len(paths), height, width, read, image_size, cache_size, folder)
@@ -134,14 +146,14 @@ class _Mp4Reader:
         try:
             self._container = av.open(path)
         except (av.error.FFmpegError, OSError) as err:
-            raise ValueError(f"Cannot open video {path}: {err}") from err
+            raise VideoError(f"Cannot open video {path}: {err}") from err
         if not self._container.streams.video:
-            raise ValueError(f"{path} has no video stream")
+            raise VideoError(f"{path} has no video stream")
         self._stream = self._container.streams.video[0]
         # Demuxing reads packet headers only (no decoding): the sorted timestamps index the frames.
         pts = [p.pts for p in self._container.demux(self._stream) if p.size > 0]
         if not pts or any(t is None for t in pts):
-            raise ValueError(f"Cannot index the frames of {path} (no presentation timestamps)")
+            raise VideoError(f"Cannot index the frames of {path} (no presentation timestamps)")
         self.frame_pts = sorted(pts)
         self.height = self._stream.codec_context.height
         self.width = self._stream.codec_context.width
@@ -157,7 +169,7 @@ class _Mp4Reader:
             if frame.pts is not None and frame.pts >= target:
                 self._next_index = index + 1
                 return frame.to_image()
-        raise ValueError(f"Cannot decode frame {index} of {self.path}")
+        raise VideoError(f"Cannot decode frame {index} of {self.path}")
 
 
 def _mp4_frames(path: str, image_size: int, cache_size: int) -> VideoFrames:

@@ -11,15 +11,15 @@ things live and how they run:
   (model_steps.py); sam2 loops over objects. Results equal tracking each object alone.
 - Outputs are numpy arrays `[O, 1, H, W]` of logits at the video resolution.
 
-The same predictor runs a RobotSeg model (SEMA, RPG, class token): it then feeds each step the frame's model
-input, a category per object (-1 here: none) and an RPG key, and stores each frame's foreground on the memory
-grid for RPG. `RobotSegVideoPredictor` (robotseg_predictor.py) adds RobotSeg's category API (spec §5).
+Every step gets the model's `RobotInputs` (the frame's model input, a category per object, -1 here: none, and
+an RPG key split from the session's) and every stored frame the model's `memory_foreground`, so the same
+predictor runs SAM 2.1 and RobotSeg (SEMA, RPG, class token) without asking which it has: SAM 2.1 ignores the
+inputs and keeps no foreground. `RobotSegVideoPredictor` (robotseg_predictor.py) adds RobotSeg's category API.
 """
 
 from __future__ import annotations
 
 import operator
-import os
 import secrets
 from collections.abc import Hashable, Iterator, Sequence
 
@@ -27,31 +27,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robotseg_jax.checkpoints.convert import load_checkpoint
-from robotseg_jax.inference.model_steps import ModelSteps, RobotInputs, StepOutputs
+from robotseg_jax.constants import BOX_CORNER_LABELS, POINT_LABELS, PROMPT_LOGITS_CLAMP
+from robotseg_jax.inference.model_steps import ModelSteps, PredictorStepOutputs
 from robotseg_jax.inference.postprocess import (
     fill_holes_in_mask_scores,
     to_video_resolution,
 )
 from robotseg_jax.inference.video_io import open_video
 from robotseg_jax.inference.video_state import FrameOutput, InferenceState, ObjectState
-from robotseg_jax.modeling.config import (
-    VIDEO_PREDICTOR_OVERRIDES,
-    RobotSegConfig,
-    SAM2Config,
-    get_model_config,
-)
+from robotseg_jax.modeling.config import SAM2Config
 from robotseg_jax.modeling.memory_bank import (
     MemoryInputs,
     memory_capacity,
     pack_memory,
     select_memory,
 )
-from robotseg_jax.modeling.sam2 import NO_OBJ_SCORE, BackboneFeatures, Prompts
+from robotseg_jax.modeling.sam2 import NO_OBJ_SCORE, BackboneFeatures, Prompts, RobotInputs
 
-_VALID_LABELS = {-1, 0, 1, 2, 3}
-# sam2 clamps the previous logits it feeds back with correction clicks ("rare numerical issues").
-_PREV_LOGITS_CLAMP = 32.0
 # RobotSeg's category of an object that has none: the decoder then runs without class and object tokens.
 NO_CATEGORY = -1
 
@@ -67,9 +59,11 @@ class VideoPredictor:
         (`init_state(memory_dtype=...)` overrides it per session).
     feature_cache_size / frame_cache_size: how many frames' image features (device) and decoded frames (host)
         are kept.
+    seed: the seed of every session's random draws (RobotSeg's RPG farthest-point-sampling starts): None draws a
+        fresh one per session, as the unseeded original; an int makes every session reproducible.
     """
 
-    # Whether `add_new_mask` outputs are kept through propagation rather than re-tracked (RobotSeg's rule, §5).
+    # Whether `add_new_mask` outputs are kept through propagation rather than re-tracked (RobotSeg's rule).
     freeze_mask_outputs = False
 
     def __init__(
@@ -82,6 +76,7 @@ class VideoPredictor:
         memory_dtype=jnp.bfloat16,
         feature_cache_size: int = 4,
         frame_cache_size: int = 2,
+        seed: int | None = None,
     ):
         self.config = config
         self.image_size = config.image_size
@@ -91,6 +86,7 @@ class VideoPredictor:
         self.feature_cache_size = max(1, feature_cache_size)
         self.frame_cache_size = frame_cache_size
         self.memory_dtype = jnp.dtype(memory_dtype)
+        self.seed = seed
         self.steps = ModelSteps(config, params)
 
     def set_params(self, params: dict) -> None:
@@ -116,12 +112,13 @@ class VideoPredictor:
         del offload_video_to_cpu, offload_state_to_cpu, async_loading_frames
         frames = open_video(video_path, self.image_size, self.frame_cache_size)
         state = InferenceState(frames, self.memory_dtype if memory_dtype is None else jnp.dtype(memory_dtype))
-        if self.steps.is_robotseg:
-            # RPG's FPS starts: unseeded by default, as the original (spec §7.3); config.rpg_seed fixes them.
-            seed = self.config.rpg_seed
-            state.rng = jax.random.key(secrets.randbits(32) if seed is None else seed)
+        state.rng = self.session_key()
         self._image_features(state, 0)  # as sam2: fail early and warm up the encoder on the first frame
         return state
+
+    def session_key(self) -> jax.Array:
+        """The PRNG key a new session splits its model draws from (RobotSeg's RPG): from `seed`, or fresh."""
+        return jax.random.key(secrets.randbits(32) if self.seed is None else self.seed)
 
     def reset_state(self, state: InferenceState) -> None:
         """Removes every object, prompt and output (the video and its cached features stay)."""
@@ -180,7 +177,8 @@ class VideoPredictor:
         prev_out = obj.latest_output(frame_idx, is_cond)
         prev_logits = None
         if prev_out is not None:
-            prev_logits = np.clip(prev_out.pred_masks, -_PREV_LOGITS_CLAMP, _PREV_LOGITS_CLAMP)
+            # sam2 clamps the logits it feeds back with correction clicks ("rare numerical issues")
+            prev_logits = np.clip(prev_out.pred_masks, -PROMPT_LOGITS_CLAMP, PROMPT_LOGITS_CLAMP)
         prompts = Prompts(jnp.asarray(coords), jnp.asarray(point_labels))
         out = self._run_prompted_frame(
             state, obj, frame_idx, is_init_cond_frame, reverse, prompts, prev_logits, category
@@ -356,7 +354,7 @@ class VideoPredictor:
             raise ValueError(f"points must be [N, 2] (x, y), got shape {np.shape(points)}")
         if point_labels.shape != coords.shape[:2]:
             raise ValueError(f"labels must be [N] for {coords.shape[1]} points, got shape {np.shape(labels)}")
-        bad = set(np.unique(point_labels).tolist()) - _VALID_LABELS
+        bad = set(np.unique(point_labels).tolist()) - set(POINT_LABELS)
         if bad:
             raise ValueError(f"labels must be 1 (foreground) or 0 (background) (2/3: box corners), got {sorted(bad)}")
         if box is not None:
@@ -367,7 +365,7 @@ class VideoPredictor:
             if box.size != 4:
                 raise ValueError(f"box must be (x0, y0, x1, y1), got shape {box.shape}")
             coords = np.concatenate([box.reshape(1, 2, 2), coords], axis=1)
-            point_labels = np.concatenate([np.asarray([[2, 3]], np.int32), point_labels], axis=1)
+            point_labels = np.concatenate([np.asarray([BOX_CORNER_LABELS], np.int32), point_labels], axis=1)
         width, height = (state.video_width, state.video_height) if normalize_coords else (1.0, 1.0)
         outside = (coords < 0).any(-1) | (coords[..., 0] > width) | (coords[..., 1] > height)
         if outside.any():
@@ -393,11 +391,9 @@ class VideoPredictor:
     def _image_features(self, state: InferenceState, frame_idx: int) -> BackboneFeatures:
         return self._frame_inputs(state, frame_idx)[1]
 
-    def _robot_inputs(self, state: InferenceState, frame_idx: int, categories: Sequence[int]) -> RobotInputs | None:
-        """A RobotSeg model's extra step inputs for objects of `categories` (one draw of the session's key each);
-        None for SAM 2."""
-        if not self.steps.is_robotseg:
-            return None
+    def _robot_inputs(self, state: InferenceState, frame_idx: int, categories: Sequence[int]) -> RobotInputs:
+        """The model's `RobotInputs` for objects of `categories` on a frame, with a leading object axis on the
+        category ([O, 1]) and key ([O], one draw of the session's key each); the image is shared."""
         state.rng, key = jax.random.split(state.rng)
         image = self._frame_inputs(state, frame_idx)[0]
         return RobotInputs(image, jnp.asarray(categories, jnp.int32)[:, None], jax.random.split(key, len(categories)))
@@ -417,13 +413,7 @@ class VideoPredictor:
         )
         emb = self.config.image_embedding_size
         return pack_memory(
-            self.config,
-            selection,
-            lambda t: obj.memory_output(t).maskmem_features,
-            lambda t: obj.memory_output(t).obj_ptr,
-            capacity,
-            (1, emb, emb),
-            foreground_of=(lambda t: obj.memory_output(t).memory_foreground) if self.steps.is_robotseg else None,
+            self.config, selection, lambda t: obj.memory_output(t).memory_entry(), capacity, (1, emb, emb)
         )
 
     def _run_prompted_frame(
@@ -444,33 +434,33 @@ class VideoPredictor:
         prev = None if prev_logits is None else jnp.asarray(prev_logits)
         features = self._image_features(state, frame_idx)
         robot = self._robot_inputs(state, frame_idx, [category])
-        if robot is not None:  # one object: batch 1, one key
-            robot = robot.replace(category=robot.category[0], rng=robot.rng[0])
+        robot = robot.replace(category=robot.category[0], rng=robot.rng[0])  # one object: batch 1, one key
         out = self.steps.prompt_frame(features, memory, prompts, prev, is_init_cond_frame, robot)
         return self._frame_output(self._to_host(state, out), 0)
 
-    def _track_all_objects(self, state: InferenceState, frame_idx: int, reverse: bool, category: int) -> StepOutputs:
+    def _track_all_objects(
+        self, state: InferenceState, frame_idx: int, reverse: bool, category: int
+    ) -> PredictorStepOutputs:
         capacity = self._memory_capacity(state)
         memories = [self._object_memory(state, obj, frame_idx, reverse, capacity) for obj in state.objects]
         memory = jax.tree.map(lambda *xs: jnp.stack(xs), *memories)
         robot = self._robot_inputs(state, frame_idx, [category] * len(state.objects))
         return self._to_host(state, self.steps.track_objects(self._image_features(state, frame_idx), memory, robot))
 
-    def _to_host(self, state: InferenceState, outputs: StepOutputs) -> StepOutputs:
+    def _to_host(self, state: InferenceState, outputs: PredictorStepOutputs) -> PredictorStepOutputs:
         """Step outputs as numpy, memory features cast to the session's storage dtype on the device first."""
         if outputs.maskmem_features is not None:
             outputs = outputs.replace(maskmem_features=outputs.maskmem_features.astype(state.memory_dtype))
         return jax.device_get(outputs)
 
-    def _frame_output(self, outputs: StepOutputs, index: int) -> FrameOutput:
+    def _frame_output(self, outputs: PredictorStepOutputs, index: int) -> FrameOutput:
         """Object `index` of host step outputs, with sam2's hole filling on the stored low-res logits."""
         pred_masks = np.asarray(outputs.pred_masks[index : index + 1], np.float32)
         if self.fill_hole_area > 0:
             pred_masks = fill_holes_in_mask_scores(pred_masks, self.fill_hole_area)
         maskmem = outputs.maskmem_features
-        foreground = None
-        if self.steps.is_robotseg:  # of the stored (hole-filled) logits, as the original's RPG reads them (§5)
-            foreground = np.asarray(self.steps.memory_foreground(jnp.asarray(pred_masks)))
+        # of the stored (hole-filled) logits, as the original's RPG reads them; None for SAM 2.1
+        foreground = jax.device_get(self.steps.memory_foreground(jnp.asarray(pred_masks)))
         return FrameOutput(
             pred_masks=pred_masks,
             obj_ptr=np.asarray(outputs.obj_ptr[index : index + 1]),
@@ -505,42 +495,3 @@ def _keeps_output(obj: ObjectState, frame_idx: int) -> bool:
     """Whether propagation re-uses the object's stored output on a frame: a conditioning output, or a frozen one."""
     out = obj.non_cond_outputs.get(frame_idx)
     return frame_idx in obj.cond_outputs or (out is not None and out.frozen)
-
-
-def build_video_predictor(
-    model_name: str,
-    checkpoint: str | os.PathLike | None = None,
-    *,
-    params: dict | None = None,
-    fill_hole_area: int = 8,
-    non_overlap_masks: bool = False,
-    add_all_frames_to_correct_as_cond: bool = False,
-    memory_dtype=jnp.bfloat16,
-    feature_cache_size: int = 4,
-    frame_cache_size: int = 2,
-    **config_overrides,
-) -> VideoPredictor:
-    """sam2's `build_sam2_video_predictor`: the named model with the video-predictor settings (stability-based
-    multimask fallback, binarised click masks in memory, hole filling 8) and `config_overrides` (e.g.
-    `image_size=512`). Weights come from `checkpoint` (an official .pt or an orbax directory) or `params`.
-    A RobotSeg model (`robotseg_hiera_t`) gets a `RobotSegVideoPredictor`, with the same settings (spec §3.1)."""
-    from robotseg_jax.inference.robotseg_predictor import (
-        RobotSegVideoPredictor,  # it subclasses this module's
-    )
-
-    if (checkpoint is None) == (params is None):
-        raise ValueError("give exactly one of checkpoint (a .pt file or orbax directory) or params")
-    config = get_model_config(model_name, **{**VIDEO_PREDICTOR_OVERRIDES, **config_overrides})
-    if params is None:
-        params = load_checkpoint(checkpoint, config)
-    predictor_class = RobotSegVideoPredictor if isinstance(config, RobotSegConfig) else VideoPredictor
-    return predictor_class(
-        config,
-        params,
-        fill_hole_area=fill_hole_area,
-        non_overlap_masks=non_overlap_masks,
-        add_all_frames_to_correct_as_cond=add_all_frames_to_correct_as_cond,
-        memory_dtype=memory_dtype,
-        feature_cache_size=feature_cache_size,
-        frame_cache_size=frame_cache_size,
-    )

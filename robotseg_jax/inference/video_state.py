@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from robotseg_jax.inference.video_io import VideoFrames
+from robotseg_jax.modeling.memory_bank import MemoryEntry
 from robotseg_jax.modeling.sam2 import BackboneFeatures
 
 
@@ -25,8 +26,9 @@ class FrameOutput:
     pred_masks: [1, 1, h, w] float32 low-res logits after hole filling; obj_ptr: [1, C] float32;
     object_score_logits: [1, 1] float32; maskmem_features: [1, h', w', mem_dim] in the memory dtype, or None for a
     prompted frame until the propagation preflight encodes it.
-    RobotSeg only: memory_foreground [1, h', w'] bool, RPG's foreground of pred_masks on the memory grid (spec
-    §1.4); frozen marks an `add_new_mask` output, which propagation re-uses rather than re-tracks (spec §5).
+    memory_foreground: [1, h', w'] bool, RobotSeg's foreground of pred_masks on the memory grid (RPG clusters it);
+    None for SAM 2.1. frozen marks an `add_new_mask` output of RobotSeg's predictor, which propagation re-uses
+    rather than re-tracks.
     """
 
     pred_masks: np.ndarray
@@ -35,6 +37,12 @@ class FrameOutput:
     maskmem_features: np.ndarray | None
     memory_foreground: np.ndarray | None = None
     frozen: bool = False
+
+    def memory_entry(self) -> MemoryEntry:
+        """What this output contributes to later frames' memory (after the preflight encoded it)."""
+        if self.maskmem_features is None:
+            raise RuntimeError("this frame's memory has not been encoded yet (propagate_in_video_preflight does it)")
+        return MemoryEntry(self.maskmem_features, self.obj_ptr, self.memory_foreground)
 
 
 @dataclasses.dataclass

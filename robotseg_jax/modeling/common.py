@@ -15,9 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The normalisation of every model input (sam2, RobotSeg, DINOv3), in float32 as torchvision applies it.
-IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
+from robotseg_jax import constants
+
+# The normalisation of every model input, as float32 arrays that broadcast over channels-last images.
+IMAGENET_MEAN = np.asarray(constants.IMAGENET_MEAN, np.float32)
+IMAGENET_STD = np.asarray(constants.IMAGENET_STD, np.float32)
 
 # PyTorch's nn.GELU() is the exact erf form; Flax's default is the tanh approximation.
 gelu = lambda x: nn.gelu(x, approximate=False)

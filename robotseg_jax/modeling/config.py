@@ -9,6 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from robotseg_jax.errors import UserError
+
+
+class ModelConfigError(UserError, ValueError):
+    """No such model, no such config field, or a value the model cannot take; the message names it."""
+
 
 @dataclasses.dataclass(frozen=True)
 class HieraConfig:
@@ -94,22 +100,22 @@ class SAM2Config:
 
 @dataclasses.dataclass(frozen=True)
 class RobotSegConfig(SAM2Config):
-    """RobotSeg (spec §3.1, `robotseg-infer.yaml`): every SAM 2.1-T value, plus SEMA, RPG and the class token.
+    """RobotSeg (the original's `robotseg-infer.yaml`): every SAM 2.1-T value, plus SEMA, RPG and the class token.
 
-    The last three fields are fixes of the original's quirks (spec §7), off by default so that official
-    checkpoints behave as in PyTorch.
+    `edges_from_rgb` fixes a quirk of the original, off by default so that official checkpoints behave as in
+    PyTorch (RPG's unseeded FPS start is the video predictor's `seed`). `edge_nms_ties` chooses the kornia version the original is taken to run with: it calls kornia's
+    Canny unpinned, and kornia's tie rule changed between 0.8.2 ("strict", the default) and 0.9.0 ("opencv").
     """
 
     name: str = "robotseg_hiera_t"
     object_token_num: int = 3  # RPG tokens per memory frame (robot_prompt_generator.object_token_num)
-    structure_strength_init: float = 1.0  # SEMA's alpha at initialisation (constructor default, spec §1.2)
-    # SEMA's edge map of the [0, 1] RGB frame instead of the ImageNet-normalised model input (spec §1.3, §7.1).
+    structure_strength_init: float = 1.0  # SEMA's alpha at initialisation (the original's constructor default)
+    # SEMA's edge map of the [0, 1] RGB frame instead of the ImageNet-normalised model input the original passes
+    # (there its /255 heuristic nearly always fires, so the edge cue is faint and depends on the frame's brightness).
     edges_from_rgb: bool = False
-    # Canny NMS tie rule: "strict" (spec §1.3) or "opencv" (the installed kornia 0.9.0), see edges.canny_magnitude.
+    # Canny NMS tie rule: "strict" (kornia <= 0.8.2) or "opencv" (kornia 0.9.0); the original follows whichever
+    # kornia is installed. See edges.canny_magnitude.
     edge_nms_ties: Literal["strict", "opencv"] = "strict"
-    # RPG's FPS start (spec §7.3): None draws a fresh seed per video session, as the unseeded original does;
-    # an int makes every session reproducible. Read by the video predictor; training brings its own keys.
-    rpg_seed: int | None = None
 
 
 _HIERA = {
@@ -132,7 +138,7 @@ _HIERA = {
     ),
 }
 
-# SAM 2.0 lacks no_obj_embed_spatial and the object-pointer temporal encoding of SAM 2.1 (sam2.md).
+# SAM 2.0 lacks no_obj_embed_spatial and the object-pointer temporal encoding of SAM 2.1 (sam2 configs/sam2/*.yaml).
 _SAM2_0_FLAGS = dict(
     no_obj_embed_spatial=False,
     add_tpos_enc_to_obj_ptrs=False,
@@ -151,7 +157,8 @@ REFERENCE_YAML = {
     for name in MODEL_CONFIGS
 }
 
-# RobotSeg is SAM 2.1 Hiera-T with the additions (spec §3.1); its PyTorch release is robotseg.pt.
+# RobotSeg is SAM 2.1 Hiera-T with the additions (every SAM 2.1-T value unchanged); its PyTorch release is
+# robotseg.pt.
 MODEL_CONFIGS["robotseg_hiera_t"] = RobotSegConfig(name="robotseg_hiera_t", hiera=_HIERA["t"])
 
 # What sam2's `build_sam2_video_predictor` overrides on top of the yaml.
@@ -162,18 +169,19 @@ VIDEO_PREDICTOR_OVERRIDES = dict(
 
 
 def get_model_config(name: str, **overrides) -> SAM2Config:
-    """Returns the config of a named model with `overrides` applied (e.g. `image_size=512`)."""
+    """Returns the config of a named model with `overrides` applied (e.g. `image_size=512`). Raises
+    ModelConfigError (a ValueError) for an unknown name or override, or an image size the trunk cannot take."""
     if name not in MODEL_CONFIGS:
-        raise ValueError(f"Unknown model {name!r}; known: {sorted(MODEL_CONFIGS)}")
+        raise ModelConfigError(f"Unknown model {name!r}; known: {sorted(MODEL_CONFIGS)}")
     config = MODEL_CONFIGS[name]
     hiera_overrides = {k[len("hiera_") :]: v for k, v in overrides.items() if k.startswith("hiera_")}
     other = {k: v for k, v in overrides.items() if not k.startswith("hiera_")}
     unknown = set(other) - {f.name for f in dataclasses.fields(config)}
     if unknown:
-        raise ValueError(f"Unknown config overrides {sorted(unknown)} for {name}")
+        raise ModelConfigError(f"Unknown config overrides {sorted(unknown)} for {name}")
     if hiera_overrides:
         other["hiera"] = dataclasses.replace(config.hiera, **hiera_overrides)
     config = dataclasses.replace(config, **other)
     if config.image_size % 32 != 0:
-        raise ValueError(f"image_size must be a multiple of 32 (the trunk's total stride), got {config.image_size}")
+        raise ModelConfigError(f"image_size must be a multiple of 32 (the trunk's total stride), got {config.image_size}")
     return config

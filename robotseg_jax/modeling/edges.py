@@ -1,4 +1,4 @@
-"""Edge cues of RobotSeg: SEMA's Canny edge map (spec §1.3) and the Laplacian structure target (spec §4.4).
+"""Edge cues of RobotSeg: SEMA's Canny edge map and the Laplacian target of LET's structure loss.
 
 Both are fixed functions without parameters or gradients of interest, jittable and batched. Layout: `edge_map`
 takes the model input `[B, H, W, C]` channels-last and returns `[B, H, W, 1]`; the filters underneath work on the
@@ -16,7 +16,7 @@ import numpy as np
 # sqrt's regulariser in kornia.filters.canny (its `eps` default).
 CANNY_EPS = 1e-6
 
-# Neighbour offsets (row, col) of the 8 gradient directions d = round(angle / 45deg) mod 8 (spec §1.3).
+# Neighbour offsets (row, col) of the 8 gradient directions d = round(angle / 45deg) mod 8, as kornia orders them.
 _DIRECTION_OFFSETS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
 
 NmsTies = Literal["strict", "opencv"]
@@ -30,10 +30,12 @@ def _gaussian_kernel_1d(size: int = 5, sigma: float = 1.0) -> np.ndarray:
 
 
 def to_gray(image: jax.Array) -> jax.Array:
-    """RobotSeg's `_safe_to_gray` (spec §1.3 step 1): `[B, H, W, C]` -> `[B, H, W]` in [0, 1].
+    """RobotSeg's `_safe_to_gray`: `[B, H, W, C]` -> `[B, H, W]` in [0, 1].
 
-    The "/255" switch looks at the global max of the whole batch tensor, as the original does: with ImageNet-
-    normalised input it nearly always fires (spec §7.1). Integer images are always divided by 255.
+    A float image whose max exceeds 1.5 is divided by 255; the max is taken over the whole batch tensor, as the
+    original does. With ImageNet-normalised input (what the original passes) it nearly always fires, leaving gray
+    values <= ~0.01; only very dark frames keep the normalised values. Integer images are always divided by 255.
+    Then gray = 0.299 R + 0.587 G + 0.114 B (1 channel: as is; 2 channels: their mean; more than 3: the first 3).
     """
     if jnp.issubdtype(image.dtype, jnp.integer):
         image = image.astype(jnp.float32) / 255.0
@@ -47,7 +49,7 @@ def to_gray(image: jax.Array) -> jax.Array:
         gray = jnp.mean(image, axis=-1)
     else:  # 3 channels, or the first 3 of more
         gray = 0.299 * image[..., 0] + 0.587 * image[..., 1] + 0.114 * image[..., 2]
-    # Choice: the clamp applies to every channel count (the spec lists it after the RGB rule only).
+    # Choice: the clamp applies to every channel count (the original's clamp is documented after the RGB rule only).
     return jnp.clip(gray, 0.0, 1.0)
 
 
@@ -91,24 +93,27 @@ def sobel_gradients(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _gradient_direction(gx: jax.Array, gy: jax.Array, nms_ties: NmsTies) -> jax.Array:
     """The gradient angle rounded (half to even) to a multiple of 45 degrees, as an index 0..7."""
     angle = jnp.arctan2(gy, gx)
-    if nms_ties == "strict":  # kornia <= 0.8: degrees first, then /45
+    if nms_ties == "strict":  # kornia <= 0.8.2: degrees first, then /45
         steps = jnp.round((180.0 * angle / np.float32(np.pi)) / 45.0)
-    else:  # the installed kornia 0.9.0 build: one multiplication by 4/pi
+    else:  # kornia 0.9.0: one multiplication by 4/pi
         steps = jnp.round(angle * np.float32(4.0 / np.pi))
     return jnp.mod(steps, 8.0).astype(jnp.int32)
 
 
 def canny_magnitude(gray: jax.Array, eps: float = CANNY_EPS, nms_ties: NmsTies = "strict") -> jax.Array:
-    """The first return value of `kornia.filters.canny(gray)` with its defaults: the gradient magnitude of the
-    blurred image after non-maximum suppression (spec §1.3 step 2). `gray` is `[..., H, W]`.
+    """The first return value of `kornia.filters.canny(gray)` with its defaults, which is what RobotSeg keeps
+    (not the thresholded edges, so thresholds and hysteresis play no part): the gradient magnitude of the blurred
+    image after non-maximum suppression. `gray` is `[..., H, W]`.
 
-    `nms_ties` picks the suppression rule:
-    - "strict" (default, spec §1.3): keep a pixel only if it is strictly larger than both neighbours along the
-      rounded gradient direction; neighbours outside the image count as 0. This is kornia's convolution-based
-      NMS up to 0.8, which the spec documents.
-    - "opencv": the rule of the kornia 0.9.0 build in this project's environment. Along a horizontal (vertical)
-      gradient a tie with the right (lower) neighbour is accepted; outside neighbours have the magnitude
-      sqrt(eps) of a flat pixel, and a pixel must exceed it. The two rules differ only where magnitudes tie.
+    `nms_ties` picks the suppression rule. The original calls kornia's Canny without pinning kornia, whose rule
+    changed between 0.8.2 and 0.9.0, so the original behaves like "strict" under kornia <= 0.8.2 and like "opencv"
+    under kornia 0.9:
+    - "strict" (default; kornia <= 0.8.2, convolution-based NMS): keep a pixel only if it is strictly larger than
+      both neighbours along the rounded gradient direction; neighbours outside the image count as 0.
+    - "opencv" (kornia 0.9.0, pinned in requirements-dev.txt): along a horizontal (vertical) gradient a tie with
+      the right (lower) neighbour is accepted; outside neighbours have the magnitude sqrt(eps) of a flat pixel,
+      and a pixel must exceed it.
+    The two rules differ only where magnitudes tie.
     """
     gx, gy = sobel_gradients(gaussian_blur_5x5(gray))
     height, width = gray.shape[-2:]
@@ -136,7 +141,7 @@ def canny_magnitude(gray: jax.Array, eps: float = CANNY_EPS, nms_ties: NmsTies =
 
 
 def edge_map(raw_image: jax.Array, nms_ties: NmsTies = "strict") -> jax.Array:
-    """SEMA's EdgeMap (spec §1.3): `[B, H, W, C]` model input -> `[B, H, W, 1]` float32 in [0, 1], no gradient.
+    """SEMA's EdgeMap: `[B, H, W, C]` model input -> `[B, H, W, 1]` float32 in [0, 1], no gradient.
 
     `raw_image` is what the original passes: the resized, ImageNet-normalised frame.
     """
@@ -145,7 +150,7 @@ def edge_map(raw_image: jax.Array, nms_ties: NmsTies = "strict") -> jax.Array:
 
 
 def laplacian_structure_target(mask: jax.Array) -> jax.Array:
-    """The structure-loss target of spec §4.4 for masks `[..., H, W]`: |Laplacian 3x3| (sum of the 8 neighbours
+    """The target of LET's structure loss for masks `[..., H, W]`: |Laplacian 3x3| (sum of the 8 neighbours
     minus 8 x centre, divided by 16 as kornia's normalised kernel, `reflect` border), then divided by its
     per-image max over H, W plus 1e-6."""
     height, width = mask.shape[-2:]

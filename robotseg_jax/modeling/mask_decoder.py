@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from robotseg_jax.constants import ROBOT_CATEGORIES
+from robotseg_jax.errors import UserError
 from robotseg_jax.modeling.common import MLP, gelu, layer_norm
 from robotseg_jax.modeling.two_way_transformer import TwoWayTransformer
 
@@ -261,19 +263,20 @@ class MaskDecoder(nn.Module):
         return jnp.where(area_u > 0, area_i / jnp.maximum(area_u, 1.0), 1.0)
 
 
-# RobotSeg's class-token rows (spec §1.5): VRS part folders 000, 001, 002 in the same order.
-ROBOT_CATEGORIES = ("arm", "gripper", "robot")
+class UnknownCategoryError(UserError, ValueError):
+    """A robot category other than arm, gripper and robot."""
 
 
 def robot_category_index(name: str) -> int:
-    """The class-token row of a category string; anything but arm, gripper, robot is an error, as in the original."""
+    """The class-token row of a category string; anything but arm, gripper, robot is an error (an
+    UnknownCategoryError, a ValueError), as in the original."""
     if name not in ROBOT_CATEGORIES:
-        raise ValueError(f"unknown robot category {name!r}; expected one of {ROBOT_CATEGORIES}")
+        raise UnknownCategoryError(f"unknown robot category {name!r}; expected one of {ROBOT_CATEGORIES}")
     return ROBOT_CATEGORIES.index(name)
 
 
 class RobotMaskDecoder(MaskDecoder):
-    """RobotSeg's MaskDecoder_Robot_RPG (spec §1.5): SAM 2.1's decoder plus `robot_token_embedding`, a table of
+    """RobotSeg's MaskDecoder_Robot_RPG: SAM 2.1's decoder plus `robot_token_embedding`, a table of
     one class token per robot category.
 
     With a category the token sequence is `[obj_score, iou, 4 mask tokens, class token, RPG object tokens,
@@ -285,7 +288,7 @@ class RobotMaskDecoder(MaskDecoder):
 
     def setup(self) -> None:
         super().setup()
-        # PyTorch's nn.Embedding initialises N(0, 1) (spec §2).
+        # PyTorch's nn.Embedding initialises N(0, 1).
         self.robot_token_embedding = nn.Embed(
             self.num_robot_categories, self.transformer_dim, embedding_init=nn.initializers.normal(1.0)
         )

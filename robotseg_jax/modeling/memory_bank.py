@@ -1,10 +1,16 @@
 """Which past frames a tracked frame attends to, and the fixed-shape memory the compiled step consumes.
 
 sam2 concatenates a variable number of memory frames and object pointers per frame, so a compiled step would
-retrace whenever that number changes. Here the choice of frames is plain Python over frame indices
-(`select_memory`, the rules of `SAM2Base._prepare_memory_conditioned_features`), and the chosen entries are
+retrace whenever that number changes. Here each frame leaves a `MemoryEntry`, and the memory of a tracked frame is
 packed into `MemoryInputs`: arrays of fixed capacity plus validity masks. Masked attention over the padded bank
 equals attention over the concatenation of the valid entries, so every tracked frame runs one compiled step.
+
+The rules of `SAM2Base._prepare_memory_conditioned_features` live here twice, for two callers:
+- `select_memory` + `pack_memory`: plain Python over frame indices, for the video predictor, whose frames and
+  prompts arrive one call at a time;
+- `ClipMemory`: the same rules for training (stride 1, forward in time) as array arithmetic on a slot per clip
+  frame, so that the memory of a stage is a function of a traced stage index (one `lax.scan` body for all stages).
+The tests hold the two equal.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ class MemoryInputs:
     obj_ptr_valid: [P] bool.
     tpos_scale: [] float32 the normaliser of the pointer distances, max(1, min(num_frames, max_ptrs) - 1).
     maskmem_foreground: [S, B, h, w] bool, each slot's predicted foreground on the memory grid (RobotSeg's RPG,
-        spec §1.4: `rpg.foreground_on_memory_grid` of the frame's stored low-res logits); None for SAM 2.
+        `rpg.foreground_on_memory_grid` of the frame's stored low-res logits); None for SAM 2.1.
     """
 
     maskmem_features: jax.Array
@@ -44,6 +50,31 @@ class MemoryInputs:
     obj_ptr_valid: jax.Array
     tpos_scale: jax.Array
     maskmem_foreground: jax.Array | None = None
+
+
+@flax.struct.dataclass
+class MemoryEntry:
+    """What one frame leaves for later frames: maskmem_features [B, h, w, mem_dim] (its encoded mask memory),
+    obj_ptr [B, C] (its object pointer) and foreground [B, h, w] bool (RobotSeg's RPG: the frame's predicted
+    foreground on the memory grid; None for SAM 2.1)."""
+
+    maskmem_features: jax.Array
+    obj_ptr: jax.Array
+    foreground: jax.Array | None = None
+
+
+def one_frame_memory(entry: MemoryEntry) -> MemoryInputs:
+    """A memory bank holding one previous frame's entry (1 slot at temporal position 1, 1 pointer at distance 1)."""
+    return MemoryInputs(
+        maskmem_features=entry.maskmem_features[None],
+        maskmem_tpos_index=jnp.zeros((1,), jnp.int32),
+        maskmem_valid=jnp.ones((1,), bool),
+        obj_ptrs=entry.obj_ptr[None],
+        obj_ptr_tpos=jnp.ones((1,), jnp.float32),
+        obj_ptr_valid=jnp.ones((1,), bool),
+        tpos_scale=jnp.ones((), jnp.float32),
+        maskmem_foreground=None if entry.foreground is None else entry.foreground[None],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,18 +170,15 @@ def memory_capacity(config: SAM2Config, max_cond_frames: int) -> tuple[int, int]
 def pack_memory(
     config: SAM2Config,
     selection: MemorySelection,
-    maskmem_of: Callable[[int], jax.Array],
-    obj_ptr_of: Callable[[int], jax.Array],
+    entry_of: Callable[[int], MemoryEntry],
     capacity: tuple[int, int],
     feature_shape: tuple[int, int, int],
     dtype=jnp.float32,
-    foreground_of: Callable[[int], jax.Array] | None = None,
 ) -> MemoryInputs:
     """Packs a selection into fixed-capacity `MemoryInputs`.
 
-    `maskmem_of(frame)` returns that frame's `[B, h, w, mem_dim]` memory features and `obj_ptr_of(frame)` its
-    `[B, C]` pointer; for RobotSeg, `foreground_of(frame)` its `[B, h, w]` bool foreground on the memory grid.
-    `feature_shape` is `(B, h, w)`. Works on concrete arrays (predictor) and tracers (training).
+    `entry_of(frame)` returns that frame's `MemoryEntry` (batch B); the foreground is packed when the entries
+    have one (RobotSeg). `feature_shape` is `(B, h, w)`. Works on concrete arrays and tracers.
     """
     num_slots, num_ptrs = capacity
     if len(selection.spatial) > num_slots or len(selection.pointers) > num_ptrs:
@@ -159,18 +187,18 @@ def pack_memory(
             f"capacity ({num_slots}, {num_ptrs}); raise the capacity (max conditioning frames)"
         )
     batch, h, w = feature_shape
-    feats = [maskmem_of(t).astype(dtype) for t, _ in selection.spatial]
+    spatial = [entry_of(t) for t, _ in selection.spatial]
+    feats = [e.maskmem_features.astype(dtype) for e in spatial]
     feats += [jnp.zeros((batch, h, w, config.mem_dim), dtype)] * (num_slots - len(feats))
     tpos_index = [config.num_maskmem - t_pos - 1 for _, t_pos in selection.spatial]
     tpos_index += [0] * (num_slots - len(tpos_index))
-    ptrs = [obj_ptr_of(t).astype(dtype) for t, _ in selection.pointers]
+    ptrs = [entry_of(t).obj_ptr.astype(dtype) for t, _ in selection.pointers]
     ptrs += [jnp.zeros((batch, config.d_model), dtype)] * (num_ptrs - len(ptrs))
     ptr_tpos = [d for _, d in selection.pointers] + [0] * (num_ptrs - len(selection.pointers))
     foreground = None
-    if foreground_of is not None:
-        foreground = [foreground_of(t).astype(bool) for t, _ in selection.spatial]
-        foreground += [jnp.zeros((batch, h, w), bool)] * (num_slots - len(foreground))
-        foreground = jnp.stack(foreground) if foreground else jnp.zeros((0, batch, h, w), bool)
+    if spatial and spatial[0].foreground is not None:
+        masks = [e.foreground.astype(bool) for e in spatial]
+        foreground = jnp.stack(masks + [jnp.zeros((batch, h, w), bool)] * (num_slots - len(masks)))
     return MemoryInputs(
         maskmem_features=jnp.stack(feats) if feats else jnp.zeros((0, batch, h, w, config.mem_dim), dtype),
         maskmem_tpos_index=jnp.asarray(np.asarray(tpos_index, np.int32)),
@@ -181,3 +209,64 @@ def pack_memory(
         tpos_scale=jnp.asarray(selection.tpos_scale, jnp.float32),
         maskmem_foreground=foreground,
     )
+
+
+@flax.struct.dataclass
+class ClipMemory:
+    """Every clip frame's memory entry in training, `[T, ...]` slots written as stages finish, and `select_memory`'s
+    training rules as array arithmetic on them.
+
+    entries: a `MemoryEntry` with a leading frame axis; stored / is_cond: [T] bool, whether the frame has been
+    tracked and whether it is a conditioning frame.
+    """
+
+    entries: MemoryEntry
+    stored: jax.Array
+    is_cond: jax.Array
+
+    @classmethod
+    def empty(cls, like: MemoryEntry, num_frames: int, dtype) -> ClipMemory:
+        """Zero slots for `num_frames` entries shaped like `like`; features and pointers stored in `dtype`."""
+        zeros = lambda x: jnp.zeros((num_frames, *x.shape), bool if x.dtype == bool else dtype)
+        return cls(
+            entries=jax.tree.map(zeros, like),
+            stored=jnp.zeros((num_frames,), bool),
+            is_cond=jnp.zeros((num_frames,), bool),
+        )
+
+    def write(self, t, entry: MemoryEntry, is_cond: bool) -> ClipMemory:
+        """Stores frame `t`'s entry (`t` may be traced)."""
+        entries = jax.tree.map(lambda slots, x: slots.at[t].set(x.astype(slots.dtype)), self.entries, entry)
+        return ClipMemory(entries, self.stored.at[t].set(True), self.is_cond.at[t].set(is_cond))
+
+    def inputs_for(self, config: SAM2Config, t) -> MemoryInputs:
+        """What stage `t` attends to in training (forward tracking, stride 1), as `select_memory` with
+        training=True: every conditioning frame (temporal position 0), the tracked frames t-1 .. t-(n-1)
+        (n = num_maskmem) at positions n-1 .. 1, and the pointers of every conditioning frame and of the tracked
+        frames t-1 .. t-(P-1) (P = min(T, max_obj_ptrs_in_encoder)) with their signed temporal distance. Slots are
+        in frame order rather than sam2's concatenation order, which attention does not see (it is
+        permutation-invariant over memory tokens)."""
+        if config.max_cond_frames_in_attn != -1:
+            raise NotImplementedError("training attends to every conditioning frame (max_cond_frames_in_attn=-1)")
+        num_frames = self.stored.shape[0]
+        distance = t - jnp.arange(num_frames)
+        tracked = self.stored & ~self.is_cond
+        spatial_valid = (self.stored & self.is_cond) | (tracked & (distance >= 1) & (distance <= config.num_maskmem - 1))
+        tpos_index = jnp.where(self.is_cond, config.num_maskmem - 1, distance - 1)
+        max_ptrs = min(num_frames, config.max_obj_ptrs_in_encoder)
+        obj_ptrs = self.entries.obj_ptr
+        if config.use_obj_ptrs_in_encoder:
+            ptr_valid = (self.stored & self.is_cond) | (tracked & (distance >= 1) & (distance <= max_ptrs - 1))
+            ptr_tpos = (distance if config.use_signed_tpos_enc_to_obj_ptrs else jnp.abs(distance)).astype(jnp.float32)
+        else:
+            obj_ptrs, ptr_valid, ptr_tpos = obj_ptrs[:0], jnp.zeros((0,), bool), jnp.zeros((0,), jnp.float32)
+        return MemoryInputs(
+            maskmem_features=self.entries.maskmem_features,
+            maskmem_tpos_index=jnp.clip(tpos_index, 0, config.num_maskmem - 1).astype(jnp.int32),
+            maskmem_valid=spatial_valid,
+            obj_ptrs=obj_ptrs,
+            obj_ptr_tpos=ptr_tpos,
+            obj_ptr_valid=ptr_valid,
+            tpos_scale=jnp.asarray(max(1, max_ptrs - 1), jnp.float32),
+            maskmem_foreground=self.entries.foreground,
+        )

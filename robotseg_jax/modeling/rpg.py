@@ -1,4 +1,4 @@
-"""RPG, RobotSeg's Robot Prompt Generator (spec §1.4): object tokens for the mask decoder, clustered from the
+"""RPG, RobotSeg's Robot Prompt Generator: object tokens for the mask decoder, clustered from the
 memory features of each memory frame's predicted foreground.
 
 Per memory frame: farthest-point sampling (FPS) picks 3 seeds in the foreground, one cosine K-means assignment
@@ -6,7 +6,7 @@ splits it into 3 regions; each region is split the same way into 4 sub-clusters,
 features, concatenated, make that region's 256-d token. A frame without foreground gives 3 copies of the learned
 no-memory vector.
 
-Static shapes: every memory slot of the fixed-capacity memory (DESIGN principle 2) is processed, and invalid slots
+Static shapes: every memory slot of the fixed-capacity memory (memory_bank.py) is processed, and invalid slots
 come out flagged in a token mask rather than dropped. Pixel sets are boolean masks over the h x w grid, and "the
 r-th pixel in row-major order" is found with a cumulative sum, so one compiled function serves any foreground.
 
@@ -25,7 +25,7 @@ _NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default, used by the o
 
 
 def foreground_on_memory_grid(mask_logits: jax.Array, grid_size: tuple[int, int]) -> jax.Array:
-    """RPG's `mask_fg` of one memory frame (spec §1.4): `sigmoid(low-res mask logits)`, bilinear (no antialias)
+    """RPG's `mask_fg` of one memory frame: `sigmoid(low-res mask logits)`, bilinear (no antialias)
     to the memory grid, `>= 0.5`. `[..., H, W]` -> `[..., h, w]` bool."""
     return resize_bilinear_nchw(jax.nn.sigmoid(mask_logits), grid_size) >= 0.5
 
@@ -66,7 +66,7 @@ def one_pass_kmeans(features: jax.Array, member: jax.Array, seeds: jax.Array) ->
     Each pixel goes to the center of smallest `1 - cos`, the first one on ties, so a duplicated seed loses to its
     earlier copy (made explicit here rather than left to bit-identical matmul columns). Returns the cluster masks
     `[k, N]` bool and the prototypes `[k, C]`: the mean feature of each cluster, or its center if it is empty.
-    The assignment carries no gradient; the prototypes are differentiable in `features` (spec §1.4).
+    The assignment carries no gradient; the prototypes are differentiable in `features`, as in the original.
     """
     num_clusters = seeds.shape[0]
     centers = features[seeds]
@@ -85,7 +85,7 @@ class RobotPromptGenerator(nn.Module):
     `no_memory_prompt_embeddings_fg`, an nn.Embedding(1, embed_dim)).
 
     The FPS start of each clustering is the r-th pixel (row-major) of its pixel set, r drawn uniformly from a
-    JAX PRNG key (the original uses torch.randint on the device RNG, unseeded: spec §7.3) or injected as
+    JAX PRNG key (the original uses torch.randint on the device RNG, unseeded) or injected as
     `start_ranks`. Per memory frame there are 1 + object_token_num draws, in the original's order: the macro
     level, then the micro level of regions 0, 1, 2.
     """
@@ -95,7 +95,7 @@ class RobotPromptGenerator(nn.Module):
     num_sub_clusters: int = 4  # hard-coded in the original; num_sub_clusters * mem_dim must equal embed_dim
 
     def setup(self) -> None:
-        # PyTorch's nn.Embedding initialises N(0, 1) (spec §2).
+        # PyTorch's nn.Embedding initialises N(0, 1), as the original's `no_memory_prompt_embeddings_fg`.
         self.no_memory_prompt_embeddings_fg = nn.Embed(1, self.embed_dim, embedding_init=nn.initializers.normal(1.0))
 
     @property
@@ -103,7 +103,7 @@ class RobotPromptGenerator(nn.Module):
         return 1 + self.object_token_num
 
     def no_memory_tokens(self, batch_size: int) -> jax.Array:
-        """The tokens without any memory (spec §1.4, `memory is None`): `[B, K, embed_dim]` copies."""
+        """The tokens without any memory (the original's `memory is None` branch): `[B, K, embed_dim]` copies."""
         token = self.no_memory_prompt_embeddings_fg.embedding[0]
         return jnp.broadcast_to(token, (batch_size, self.object_token_num, self.embed_dim))
 

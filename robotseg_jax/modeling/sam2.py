@@ -1,8 +1,15 @@
-"""SAM 2.1 (sam2/modeling/sam2_base.py) as a Flax module: `forward_image` and the per-frame `track_step`.
+"""SAM 2.1 (sam2/modeling/sam2_base.py) as a Flax module: the image encoder, the building blocks of a frame step,
+and `track_step` written once from them.
 
-`track_step` is a pure function of the params, the frame's backbone features, its prompts and a fixed-shape
-`MemoryInputs` (see memory_bank.py). Which branch runs (initial conditioning frame, mask-as-output, number of
-clicks, multimask) is static Python, so a tracked frame with no prompts always hits the same compiled program.
+The blocks are sam2's: `forward_image`, `condition_frame` (`_prepare_memory_conditioned_features`),
+`forward_sam_heads` (`_forward_sam_heads`), `use_mask_as_output` and `memory_entry` (`_encode_new_memory` plus
+the object pointer). `track_step` composes them for inference; training's clip forward composes the same blocks
+with correction clicks, as `SAM2Train` does. RobotSeg (robotseg.py) overrides the hooks that differ and takes its
+inputs as one optional `RobotInputs`, which SAM 2.1 accepts and does not use.
+
+Every step is a pure function of the params, the frame's backbone features, its prompts and a fixed-shape
+`MemoryInputs` (memory_bank.py). Which branch runs (initial conditioning frame, mask-as-output, number of clicks,
+multimask) is static Python, so a tracked frame with no prompts always hits the same compiled program.
 """
 
 from __future__ import annotations
@@ -12,12 +19,13 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from robotseg_jax.constants import POINT_LABELS
 from robotseg_jax.modeling.common import MLP, resize_bilinear_nchw
 from robotseg_jax.modeling.config import SAM2Config
 from robotseg_jax.modeling.image_encoder import ImageEncoder
 from robotseg_jax.modeling.mask_decoder import MaskDecoder
 from robotseg_jax.modeling.memory_attention import MemoryAttention
-from robotseg_jax.modeling.memory_bank import MemoryInputs
+from robotseg_jax.modeling.memory_bank import MemoryEntry, MemoryInputs, one_frame_memory
 from robotseg_jax.modeling.memory_encoder import MemoryEncoder
 from robotseg_jax.modeling.position_encoding import (
     get_1d_sine_pe,
@@ -59,6 +67,53 @@ class Prompts:
 
 
 @flax.struct.dataclass
+class RobotInputs:
+    """RobotSeg's per-frame inputs, one optional argument of the step functions (SAM 2.1 does not use them).
+
+    image: [B, H, W, 3] the frame's model input (resized, ImageNet-normalised): the original feeds this tensor to
+        SEMA's edge map, so it is needed on frames tracked from memory.
+    category: [B] int32 per object, the class-token row (`constants.ROBOT_CATEGORIES` order) or -1 for none; -1
+        runs the decoder without class and object tokens (the original's `robot_inputs=None`).
+    rng: PRNG key of RPG's farthest-point-sampling starts, needed on frames tracked from memory.
+    """
+
+    image: jax.Array
+    category: jax.Array
+    rng: jax.Array | None = None
+
+
+@flax.struct.dataclass
+class RobotTokens:
+    """RobotSeg's extra mask-decoder prompts of a frame: per object its category [B] (-1: none) and RPG's object
+    tokens [B, K, C] with their validity [B, K] (None: all valid)."""
+
+    category: jax.Array
+    object_tokens: jax.Array
+    object_token_mask: jax.Array | None = None
+
+    def without_category(self) -> RobotTokens:
+        """The same tokens with every category -1: the decoder then sees SAM 2.1's token sequence."""
+        return self.replace(category=jnp.full_like(self.category, -1))
+
+
+@flax.struct.dataclass
+class ConditionedFrame:
+    """A frame ready for the SAM heads: `pix_feat` [B,h,w,C] (backbone features fused with the memory, or with
+    the no-memory embedding), RobotSeg's decoder tokens (None for SAM 2.1) and, for RobotSeg on a frame with
+    memory, SEMA's structure logits [B,L,H,W]."""
+
+    pix_feat: jax.Array
+    robot_tokens: RobotTokens | None = None
+    structure_maps: jax.Array | None = None
+
+    def without_category(self) -> ConditionedFrame:
+        """The frame as the original's correction re-runs decode it: without class and object tokens."""
+        if self.robot_tokens is None:
+            return self
+        return self.replace(robot_tokens=self.robot_tokens.without_category())
+
+
+@flax.struct.dataclass
 class SamHeadOutputs:
     """What `_forward_sam_heads` returns in sam2, with masks as [B, M, H, W]."""
 
@@ -74,8 +129,9 @@ class SamHeadOutputs:
 @flax.struct.dataclass
 class TrackOutputs:
     """`track_step`'s `current_out`: pred_masks [B,1,4h,4w], pred_masks_high_res [B,1,H,W], obj_ptr [B,C],
-    object_score_logits [B,1], ious [B,M] and the multimask logits of the heads, and, when the memory encoder
-    ran, maskmem_features [B,h,w,mem_dim] (its position encoding is a constant, `SAM2Model.maskmem_pos_enc`)."""
+    object_score_logits [B,1], ious [B,M] and the multimask logits of the heads; when the memory encoder ran,
+    maskmem_features [B,h,w,mem_dim] (its position encoding is a constant, `SAM2Model.maskmem_pos_enc`);
+    RobotSeg's structure logits [B,L,H,W] (`SAM2Model.frame_structure_maps`; None for SAM 2.1)."""
 
     pred_masks: jax.Array
     pred_masks_high_res: jax.Array
@@ -85,26 +141,7 @@ class TrackOutputs:
     low_res_multimasks: jax.Array
     high_res_multimasks: jax.Array
     maskmem_features: jax.Array | None
-
-
-@flax.struct.dataclass
-class ConditionedFrame:
-    """A frame ready for the SAM heads: `pix_feat` [B,h,w,C] (memory-conditioned backbone features), the extra
-    keyword inputs of the mask decoder (RobotSeg's category and object tokens) and, for RobotSeg on a frame with
-    memory, SEMA's structure logits [B,L,H,W]."""
-
-    pix_feat: jax.Array
-    decoder_inputs: dict = flax.struct.field(default_factory=dict)
     structure_maps: jax.Array | None = None
-
-
-def use_multimask(config: SAM2Config, is_init_cond_frame: bool, num_points: int) -> bool:
-    """SAM2Base._use_multimask: 3 masks for 0/1 clicks (with the SAM 2.1 settings), 1 mask otherwise."""
-    return (
-        config.multimask_output_in_sam
-        and (is_init_cond_frame or config.multimask_output_for_tracking)
-        and config.multimask_min_pt_num <= num_points <= config.multimask_max_pt_num
-    )
 
 
 class SAM2Model(nn.Module):
@@ -193,42 +230,125 @@ class SAM2Model(nn.Module):
             high_res = tuple(self.sam_mask_decoder.project_high_res_features(fpn[0], fpn[1]))
         return BackboneFeatures(vision_feats=fpn[-1], vision_pos=pos[-1], high_res_features=high_res)
 
-    # ------------------------------------------------------------------ heads
-    def _forward_sam_heads(
+
+    # ------------------------------------------------------------------ memory conditioning
+    def condition_frame(
         self,
-        backbone_features: jax.Array,
-        point_coords: jax.Array | None,
-        point_labels: jax.Array | None,
-        mask_inputs: jax.Array | None,
+        features: BackboneFeatures,
+        memory: MemoryInputs | None,
+        robot: RobotInputs | None = None,
+        deterministic: bool = True,
+    ) -> ConditionedFrame:
+        """`_prepare_memory_conditioned_features`: the frame's pixel features fused with its memory, or, with
+        `memory=None` (an initial conditioning frame), with the no-memory embedding; plus the decoder tokens of
+        `robot_tokens`. Training reuses the result for every correction click of the frame."""
+        has_memory = memory is not None and self.config.num_maskmem > 0
+        if has_memory:
+            pix_feat, structure_maps = self.attend_to_memory(features, memory, robot, deterministic)
+        else:
+            pix_feat, structure_maps = self.no_memory_features(features), None
+        tokens = self.robot_tokens(features, memory if has_memory else None, robot)
+        return ConditionedFrame(pix_feat, tokens, structure_maps)
+
+    def no_memory_features(self, features: BackboneFeatures) -> jax.Array:
+        """A frame without memory: `[B, h, w, C]` features plus the no-memory embedding (what sam2's image predictor
+        also feeds its decoder), or the bare features for a model without memory (num_maskmem 0)."""
+        if self.config.num_maskmem == 0:
+            return features.vision_feats
+        if not self.config.directly_add_no_mem_embed:
+            raise NotImplementedError("directly_add_no_mem_embed=False is not supported (no SAM 2.1 config uses it)")
+        return features.vision_feats + self.no_mem_embed[0]
+
+    def memory_attention_inputs(self, features: BackboneFeatures, memory: MemoryInputs) -> dict:
+        """The memory attention's keyword inputs for a frame: its tokens and positions, the memory tokens, their
+        positions and validity, and the number of pointer tokens (which take no RoPE)."""
+        batch, h, w, channels = features.vision_feats.shape
+        mem, mem_pos, mem_valid, num_ptr_tokens = self.memory_tokens(memory)
+        return dict(
+            curr=features.vision_feats.reshape(batch, h * w, channels),
+            memory=mem,
+            curr_pos=features.vision_pos.reshape(batch, h * w, channels),
+            memory_pos=mem_pos,
+            num_obj_ptr_tokens=num_ptr_tokens,
+            memory_mask=mem_valid,
+        )
+
+    def attend_to_memory(
+        self, features: BackboneFeatures, memory: MemoryInputs, robot: RobotInputs | None, deterministic: bool
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """Hook: memory attention of a frame with memory, `[B, h, w, C]` pixel features and structure logits
+        (None here; RobotSeg's SEMA makes them)."""
+        del robot  # SAM 2.1's memory attention takes no robot inputs
+        out = self.memory_attention(**self.memory_attention_inputs(features, memory), deterministic=deterministic)
+        return out.reshape(features.vision_feats.shape), None
+
+    def robot_tokens(
+        self, features: BackboneFeatures, memory: MemoryInputs | None, robot: RobotInputs | None
+    ) -> RobotTokens | None:
+        """Hook: the frame's extra decoder tokens (RobotSeg's class and RPG tokens); SAM 2.1 has none."""
+        del features, memory, robot
+        return None
+
+    # ------------------------------------------------------------------ heads
+    def decode_masks(
+        self,
+        pix_feat: jax.Array,
         high_res_features: tuple,
+        points: tuple[jax.Array, jax.Array] | None,
+        mask_prompt: jax.Array | None,
         multimask_output: bool,
-        **decoder_inputs,
-    ) -> SamHeadOutputs:
-        """SAM2Base._forward_sam_heads. `mask_inputs` is [B, 1, H', W'] logits/probabilities, or None.
-        `decoder_inputs` go to the mask decoder as keywords (RobotSeg's category and object tokens)."""
-        cfg = self.config
-        batch = backbone_features.shape[0]
-        if point_coords is None:
-            # No clicks: one padding point (label -1), as sam2 does.
-            point_coords = jnp.zeros((batch, 1, 2), jnp.float32)
-            point_labels = -jnp.ones((batch, 1), jnp.int32)
-        sam_mask_prompt = None
-        if mask_inputs is not None:
-            mask_size = (4 * cfg.image_embedding_size, 4 * cfg.image_embedding_size)
-            sam_mask_prompt = mask_inputs.astype(jnp.float32)
-            if sam_mask_prompt.shape[-2:] != mask_size:
-                sam_mask_prompt = _resize_antialias(sam_mask_prompt, mask_size)
-            sam_mask_prompt = sam_mask_prompt.transpose(0, 2, 3, 1)  # [B, 1, h, w] -> channels-last
-        sparse, dense = self.sam_prompt_encoder((point_coords, point_labels), None, sam_mask_prompt)
-        low_res_multimasks, ious, sam_output_tokens, object_score_logits = self.sam_mask_decoder(
-            image_embeddings=backbone_features,
+        robot_tokens: RobotTokens | None = None,
+        repeat_image: bool = False,
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """Prompt encoder and mask decoder: `points` (coords [B,P,2], labels [B,P]) or None, a low-res mask prompt
+        [B, 4h, 4w, 1] or None -> (low-res mask logits [B,M,4h,4w], IoUs [B,M], SAM output tokens, object score
+        logits [B,1]). `repeat_image` shares one image between B prompt sets (sam2's image predictor)."""
+        sparse, dense = self.sam_prompt_encoder(points, None, mask_prompt)
+        extra = {}
+        if robot_tokens is not None:
+            extra = dict(
+                robot_category=robot_tokens.category,
+                object_tokens=robot_tokens.object_tokens,
+                object_token_mask=robot_tokens.object_token_mask,
+            )
+        return self.sam_mask_decoder(
+            image_embeddings=pix_feat,
             image_pe=self.sam_prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
-            repeat_image=False,
+            repeat_image=repeat_image,
             high_res_features=list(high_res_features) if high_res_features else None,
-            **decoder_inputs,
+            **extra,
+        )
+
+    def forward_sam_heads(
+        self,
+        frame: ConditionedFrame,
+        high_res_features: tuple,
+        point_coords: jax.Array | None = None,
+        point_labels: jax.Array | None = None,
+        mask_inputs: jax.Array | None = None,
+        multimask_output: bool = False,
+    ) -> SamHeadOutputs:
+        """SAM2Base._forward_sam_heads on a conditioned frame. `mask_inputs` is [B, 1, H', W'] logits or
+        probabilities (resized to the low-res size), or None."""
+        cfg = self.config
+        batch = frame.pix_feat.shape[0]
+        if point_coords is None:
+            # No clicks: one padding point (label -1), as sam2 does.
+            point_coords = jnp.zeros((batch, 1, 2), jnp.float32)
+            point_labels = -jnp.ones((batch, 1), jnp.int32)
+        mask_prompt = None
+        if mask_inputs is not None:
+            mask_size = (4 * cfg.image_embedding_size, 4 * cfg.image_embedding_size)
+            mask_prompt = mask_inputs.astype(jnp.float32)
+            if mask_prompt.shape[-2:] != mask_size:
+                mask_prompt = _resize_antialias(mask_prompt, mask_size)
+            mask_prompt = mask_prompt.transpose(0, 2, 3, 1)  # [B, 1, h, w] -> channels-last
+        low_res_multimasks, ious, sam_output_tokens, object_score_logits = self.decode_masks(
+            frame.pix_feat, high_res_features, (point_coords, point_labels), mask_prompt, multimask_output,
+            frame.robot_tokens,
         )
         is_obj_appearing = object_score_logits > 0
         if cfg.pred_obj_scores:
@@ -247,35 +367,37 @@ class SAM2Model(nn.Module):
         else:
             low_res_masks, high_res_masks = low_res_multimasks, high_res_multimasks
 
-        obj_ptr = self.obj_ptr_proj(sam_output_token)
-        if cfg.pred_obj_scores:
-            appearing = (
-                jax.nn.sigmoid(object_score_logits) if cfg.soft_no_obj_ptr else is_obj_appearing.astype(jnp.float32)
-            )
-            if cfg.fixed_no_obj_ptr:
-                obj_ptr = appearing * obj_ptr
-            obj_ptr = obj_ptr + (1 - appearing) * self.no_obj_ptr
+        appearing = jax.nn.sigmoid(object_score_logits) if cfg.soft_no_obj_ptr else is_obj_appearing
+        obj_ptr = self.object_pointer(self.obj_ptr_proj(sam_output_token), appearing)
         return SamHeadOutputs(
             low_res_multimasks, high_res_multimasks, ious, low_res_masks, high_res_masks, obj_ptr, object_score_logits
         )
 
-    def _use_mask_as_output(
-        self, backbone_features: jax.Array, high_res_features: tuple, mask_inputs: jax.Array
-    ) -> SamHeadOutputs:
-        """SAM2Base._use_mask_as_output: the input mask is the output; the decoder still makes the object pointer."""
+    def object_pointer(self, obj_ptr: jax.Array, appearing: jax.Array) -> jax.Array:
+        """The pointer of an object that may be absent: `appearing` [B, 1] (bool or a probability) blends in the
+        learned no-object pointer, as sam2 does with pred_obj_scores."""
+        cfg = self.config
+        if not cfg.pred_obj_scores:
+            return obj_ptr
+        appearing = appearing.astype(jnp.float32)
+        if cfg.fixed_no_obj_ptr:
+            obj_ptr = appearing * obj_ptr
+        return obj_ptr + (1 - appearing) * self.no_obj_ptr
+
+    def use_mask_as_output(self, features: BackboneFeatures, mask_inputs: jax.Array) -> SamHeadOutputs:
+        """SAM2Base._use_mask_as_output: the input mask `[B, H, W]` is the output; the decoder still makes the
+        object pointer (from the bare features, with no category)."""
         mask = mask_inputs.astype(jnp.float32)[:, None]  # [B, 1, H, W]
         high_res_masks = mask * MASK_OUT_SCALE + MASK_OUT_BIAS
         low_res_masks = _resize_antialias(high_res_masks, (mask.shape[-2] // 4, mask.shape[-1] // 4))
         ious = jnp.ones((mask.shape[0], 1), jnp.float32)
         downsampled = self.mask_downsample(mask.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-        heads = self._forward_sam_heads(backbone_features, None, None, downsampled, high_res_features, False)
-        appearing = jnp.any(mask.reshape(mask.shape[0], -1) > 0.0, axis=1)[:, None].astype(jnp.float32)
-        object_score_logits = MASK_OUT_SCALE * appearing + MASK_OUT_BIAS
-        obj_ptr = heads.obj_ptr
-        if self.config.pred_obj_scores:
-            if self.config.fixed_no_obj_ptr:
-                obj_ptr = appearing * obj_ptr
-            obj_ptr = obj_ptr + (1 - appearing) * self.no_obj_ptr
+        heads = self.forward_sam_heads(
+            ConditionedFrame(features.vision_feats), features.high_res_features, mask_inputs=downsampled
+        )
+        appearing = jnp.any(mask.reshape(mask.shape[0], -1) > 0.0, axis=1)[:, None]
+        object_score_logits = MASK_OUT_SCALE * appearing.astype(jnp.float32) + MASK_OUT_BIAS
+        obj_ptr = self.object_pointer(heads.obj_ptr, appearing)
         return SamHeadOutputs(
             low_res_masks, high_res_masks, ious, low_res_masks, high_res_masks, obj_ptr, object_score_logits
         )
@@ -328,34 +450,6 @@ class SAM2Model(nn.Module):
             num_ptrs * split,
         )
 
-    def condition_on_memory(
-        self, features: BackboneFeatures, memory: MemoryInputs | None, deterministic: bool = True
-    ) -> jax.Array:
-        """_prepare_memory_conditioned_features: `[B, h, w, C]` pixel features fused with the memory bank.
-
-        `memory=None` is an initial conditioning frame: the no-memory embedding is added directly.
-        """
-        cfg = self.config
-        curr = features.vision_feats
-        batch, h, w, channels = curr.shape
-        if cfg.num_maskmem == 0:
-            return curr
-        if memory is None:
-            if not cfg.directly_add_no_mem_embed:
-                raise NotImplementedError("directly_add_no_mem_embed=False is not supported (no SAM 2.1 config uses it)")
-            return curr + self.no_mem_embed[0]
-        mem, mem_pos, mem_valid, num_ptr_tokens = self.memory_tokens(memory)
-        out = self.memory_attention(
-            curr=curr.reshape(batch, h * w, channels),
-            memory=mem,
-            curr_pos=features.vision_pos.reshape(batch, h * w, channels),
-            memory_pos=mem_pos,
-            num_obj_ptr_tokens=num_ptr_tokens,
-            memory_mask=mem_valid,
-            deterministic=deterministic,
-        )
-        return out.reshape(batch, h, w, channels)
-
     def encode_new_memory(
         self,
         features: BackboneFeatures,
@@ -384,12 +478,38 @@ class SAM2Model(nn.Module):
             maskmem = maskmem + absent[:, None, None, :] * self.no_obj_embed_spatial[0]
         return maskmem
 
+
+    def memory_foreground(self, low_res_masks: jax.Array) -> jax.Array | None:
+        """Hook: what a memory entry keeps of the frame's mask besides its memory features (RobotSeg's foreground
+        on the memory grid, for RPG); SAM 2.1 keeps nothing. `low_res_masks` is [B, 1, 4h, 4w] logits."""
+        del low_res_masks
+        return None
+
+    def memory_entry(
+        self, features: BackboneFeatures, heads: SamHeadOutputs, is_mask_from_pts: bool, training: bool = False
+    ) -> MemoryEntry:
+        """What a frame contributes to later frames' memory: its encoded mask memory, its object pointer and (hook)
+        its foreground on the memory grid."""
+        return MemoryEntry(
+            maskmem_features=self.encode_new_memory(
+                features, heads.high_res_masks, heads.object_score_logits, is_mask_from_pts, training
+            ),
+            obj_ptr=heads.obj_ptr,
+            foreground=self.memory_foreground(heads.low_res_masks),
+        )
+
+    def frame_structure_maps(self, structure_maps: jax.Array | None, heads: SamHeadOutputs) -> jax.Array | None:
+        """Hook: a frame's structure logits for the outputs (RobotSeg fills frames without them); None here."""
+        del heads
+        return structure_maps
+
     # ------------------------------------------------------------------ tracking
     def track_step(
         self,
         features: BackboneFeatures,
         memory: MemoryInputs | None,
         prompts: Prompts,
+        robot: RobotInputs | None = None,
         prev_sam_mask_logits: jax.Array | None = None,
         is_init_cond_frame: bool = False,
         run_mem_encoder: bool = True,
@@ -397,45 +517,35 @@ class SAM2Model(nn.Module):
     ) -> TrackOutputs:
         """SAM2Base.track_step for one frame.
 
-        `memory` is None on initial conditioning frames (they do not attend to memory) and for mask-as-output
-        frames. `prev_sam_mask_logits` [B,1,4h,4w] feeds earlier logits with new clicks (the predictor's correction
-        clicks). Training-mode behaviour (memory selection stride 1, no binarisation) follows `deterministic=False`.
+        `memory` is ignored on initial conditioning frames (they do not attend to memory) and on mask-as-output
+        frames, and may be None there. `robot` carries RobotSeg's inputs (unused by SAM 2.1).
+        `prev_sam_mask_logits` [B,1,4h,4w] feeds earlier logits with new clicks (the predictor's correction
+        clicks). Training-mode behaviour (no binarisation, dropout) follows `deterministic=False`.
         """
         cfg = self.config
         check_prompts(prompts, features.vision_feats.shape[0])
         num_points = 0 if prompts.point_labels is None else prompts.point_labels.shape[1]
+        structure_maps = None
         if prompts.mask_inputs is not None and cfg.use_mask_input_as_output_without_sam:
-            heads = self._use_mask_as_output(features.vision_feats, features.high_res_features, prompts.mask_inputs)
+            heads = self.use_mask_as_output(features, prompts.mask_inputs)
         else:
-            frame = self.condition_frame(features, memory, is_init_cond_frame, deterministic)
-            heads = self._forward_sam_heads(
-                frame.pix_feat,
+            if not is_init_cond_frame and memory is None:
+                raise ValueError("A frame that is not an initial conditioning frame needs a memory bank")
+            frame = self.condition_frame(features, None if is_init_cond_frame else memory, robot, deterministic)
+            structure_maps = frame.structure_maps
+            heads = self.forward_sam_heads(
+                frame,
+                features.high_res_features,
                 prompts.point_coords,
                 prompts.point_labels,
                 sam_mask_inputs(prompts, prev_sam_mask_logits),
-                features.high_res_features,
                 use_multimask(cfg, is_init_cond_frame, num_points),
-                **frame.decoder_inputs,
             )
-        return self._track_outputs(features, prompts, heads, run_mem_encoder, training=not deterministic)
-
-    def condition_frame(
-        self, features: BackboneFeatures, memory: MemoryInputs | None, is_init_cond_frame: bool, deterministic: bool
-    ) -> ConditionedFrame:
-        """The first half of `_track_step`: the frame's pixel features fused with its memory (the no-memory
-        embedding on an initial conditioning frame). Training reuses the result for every correction click."""
-        if not is_init_cond_frame and memory is None:
-            raise ValueError("A frame that is not an initial conditioning frame needs a memory bank")
-        return ConditionedFrame(self.condition_on_memory(features, None if is_init_cond_frame else memory, deterministic))
-
-    def _track_outputs(
-        self, features: BackboneFeatures, prompts: Prompts, heads: SamHeadOutputs, run_mem_encoder: bool, training: bool
-    ) -> TrackOutputs:
-        """The end of track_step: the memory encoder (if asked) on the frame's prediction, and the outputs."""
         maskmem = None
-        if run_mem_encoder and self.config.num_maskmem > 0:
+        if run_mem_encoder and cfg.num_maskmem > 0:
             maskmem = self.encode_new_memory(
-                features, heads.high_res_masks, heads.object_score_logits, prompts.point_labels is not None, training
+                features, heads.high_res_masks, heads.object_score_logits, prompts.point_labels is not None,
+                not deterministic,
             )
         return TrackOutputs(
             pred_masks=heads.low_res_masks,
@@ -446,30 +556,29 @@ class SAM2Model(nn.Module):
             low_res_multimasks=heads.low_res_multimasks,
             high_res_multimasks=heads.high_res_multimasks,
             maskmem_features=maskmem,
+            structure_maps=self.frame_structure_maps(structure_maps, heads),
         )
 
     def __call__(self, images: jax.Array) -> TrackOutputs:
-        """Touches every submodule once (for `init`): encode, prompt with a click, track one frame from memory."""
+        """Touches every submodule once (for `init`): encode, prompt with a click (and a category), take a mask as
+        output, track one frame from memory."""
         features = self.forward_image(images)
         batch = images.shape[0]
+        robot = RobotInputs(images, jnp.zeros((batch,), jnp.int32), jax.random.key(0))
         click = Prompts(jnp.zeros((batch, 1, 2), jnp.float32), jnp.ones((batch, 1), jnp.int32))
-        first = self.track_step(features, None, click, is_init_cond_frame=True)
-        self._use_mask_as_output(features.vision_feats, features.high_res_features, jnp.zeros(images.shape[:3]))
-        return self.track_step(features, one_frame_memory(first), Prompts())
+        frame = self.condition_frame(features, None, robot)
+        first = self.forward_sam_heads(frame, features.high_res_features, click.point_coords, click.point_labels)
+        self.use_mask_as_output(features, jnp.zeros(images.shape[:3]))
+        memory = one_frame_memory(self.memory_entry(features, first, is_mask_from_pts=True))
+        return self.track_step(features, memory, Prompts(), robot)
 
 
-def one_frame_memory(previous: TrackOutputs, foreground: jax.Array | None = None) -> MemoryInputs:
-    """A memory bank holding one previous frame's output (1 slot, 1 pointer), as `init` needs to touch the memory
-    path. `foreground` `[B, h, w]` is RobotSeg's per-slot foreground."""
-    return MemoryInputs(
-        maskmem_features=previous.maskmem_features[None],
-        maskmem_tpos_index=jnp.zeros((1,), jnp.int32),
-        maskmem_valid=jnp.ones((1,), bool),
-        obj_ptrs=previous.obj_ptr[None],
-        obj_ptr_tpos=jnp.ones((1,), jnp.float32),
-        obj_ptr_valid=jnp.ones((1,), bool),
-        tpos_scale=jnp.ones((), jnp.float32),
-        maskmem_foreground=None if foreground is None else foreground[None],
+def use_multimask(config: SAM2Config, is_init_cond_frame: bool, num_points: int) -> bool:
+    """SAM2Base._use_multimask: 3 masks for 0/1 clicks (with the SAM 2.1 settings), 1 mask otherwise."""
+    return (
+        config.multimask_output_in_sam
+        and (is_init_cond_frame or config.multimask_output_for_tracking)
+        and config.multimask_min_pt_num <= num_points <= config.multimask_max_pt_num
     )
 
 
@@ -509,8 +618,8 @@ def check_prompts(prompts: Prompts, batch: int) -> None:
         if coords.shape[0] != batch:
             raise ValueError(f"prompts are for {coords.shape[0]} objects but the features have batch {batch}")
         if not isinstance(labels, jax.core.Tracer):
-            bad = set(map(int, jnp.unique(labels).tolist())) - {-1, 0, 1, 2, 3}
+            bad = set(map(int, jnp.unique(labels).tolist())) - set(POINT_LABELS)
             if bad:
-                raise ValueError(f"point_labels must be in {{-1, 0, 1, 2, 3}}, got {sorted(bad)}")
+                raise ValueError(f"point_labels must be in {set(POINT_LABELS)}, got {sorted(bad)}")
     if prompts.mask_inputs is not None and prompts.mask_inputs.ndim != 3:
         raise ValueError(f"mask_inputs must be [B, H, W], got shape {prompts.mask_inputs.shape}")

@@ -1,5 +1,5 @@
-"""SEMA, RobotSeg's Structure-Enhanced Memory Associator (spec §1.2): SAM 2.1's memory attention with a
-structure branch in every layer.
+"""SEMA, RobotSeg's Structure-Enhanced Memory Associator: SAM 2.1's memory attention with a structure branch in
+every layer.
 
 Each layer runs SAM 2.1's main branch unchanged, then: the post-cross-attention tokens t2, modulated by the edge
 map, go through a multi-scale depthwise pyramid and a second RoPE cross-attention to the memory; a 3x3 head makes
@@ -30,7 +30,8 @@ from robotseg_jax.modeling.memory_attention import (
 
 
 class DepthwiseSeparableConv(nn.Module):
-    """`DSConv_k(x) = GELU(GroupNorm(PW(GELU(DW_k(x)))))` on `[B, h, w, C]` (spec §1.2, MSPyramid)."""
+    """`DSConv_k(x) = GELU(GroupNorm(PW(GELU(DW_k(x)))))` on `[B, h, w, C]`, one branch of the original's
+    MSPyramid: DW a depthwise k x k conv without bias, PW a 1x1 conv with bias, exact (erf) GELU."""
 
     kernel_size: int
     channels: int = 256
@@ -47,13 +48,14 @@ class DepthwiseSeparableConv(nn.Module):
             name="dw",
         )(x)
         x = nn.Conv(self.channels, (1, 1), name="pw")(gelu(x))
-        # channels // 8 groups (32 at 256, the spec's GroupNorm_32); PyTorch's eps and two-pass variance.
+        # channels // 8 groups (the original's 32 at 256 channels); PyTorch's eps and two-pass variance.
         x = nn.GroupNorm(num_groups=self.channels // 8, epsilon=1e-5, use_fast_variance=False, name="norm")(x)
         return gelu(x)
 
 
 class MultiScalePyramid(nn.Module):
-    """`GELU(Conv1x1_{3C -> C}(concat[DSConv_3, DSConv_5, DSConv_7]))` on `[B, h, w, C]` (spec §1.2)."""
+    """The original's MSPyramid: `GELU(Conv1x1_{3C -> C}(concat[DSConv_3, DSConv_5, DSConv_7]))` on
+    `[B, h, w, C]`."""
 
     channels: int = 256
 
@@ -64,8 +66,8 @@ class MultiScalePyramid(nn.Module):
 
 
 def edges_on_token_grid(edges: jax.Array, grid_size: tuple[int, int]) -> jax.Array:
-    """`e = clamp(bilinear(E -> h x w), 0, 1)` (spec §1.2): `[B, H, W, 1]` -> `[B, h, w, 1]`, without antialias
-    as torch (a 2x2 average of the pixels at rows/cols {16i+7, 16i+8} for a stride-16 grid)."""
+    """The edge map on the token grid, `e = clamp(bilinear(E -> h x w), 0, 1)`: `[B, H, W, 1]` -> `[B, h, w, 1]`,
+    without antialias as torch (a 2x2 average of the pixels at rows/cols {16i+7, 16i+8} for a stride-16 grid)."""
     return jnp.clip(resize_bilinear(edges, grid_size), 0.0, 1.0)
 
 
@@ -74,14 +76,15 @@ class SEMAMemoryAttentionLayer(MemoryAttentionLayer):
     logits `[B, 16h, 16w]`)."""
 
     upsample_factor: int = 16  # structure map: token grid -> input image (the backbone stride)
-    structure_strength_init: float = 1.0  # alpha, a learnable 0-d parameter (spec §1.2, §3.1)
+    structure_strength_init: float = 1.0  # alpha, a learnable 0-d parameter (1.0: the original's constructor default)
 
     def setup(self) -> None:
         super().setup()
         self.structure_strength = self.param(
             "structure_strength", nn.initializers.constant(self.structure_strength_init), ()
         )
-        # configured like the main cross-attention (spec §1.2): 1 head, RoPE with repeated keys, kv from the memory
+        # configured like the main cross-attention, as in the original: 1 head, RoPE with repeated keys, kv from
+        # the memory
         self.cross_attn_structure = RoPEAttention(
             self.d_model,
             num_heads=1,
@@ -111,7 +114,8 @@ class SEMAMemoryAttentionLayer(MemoryAttentionLayer):
         if height * width != num_tokens:
             raise ValueError(f"edges grid {height}x{width} does not fit {num_tokens} tokens")
         t2, t3 = self.main_branch(tgt, memory, query_pos, memory_pos, num_k_exclude_rope, memory_mask, deterministic)
-        # The structure features come from t2 (post cross-attention), the gate acts on t3 (spec §1.2, §7.2).
+        # As in the original, the structure features come from t2 (post cross-attention), the gate acts on t3
+        # (post MLP).
         features = t2.reshape(batch, height, width, channels) * (1.0 + edges)
         query = self.ms_pyramid(features).reshape(batch, num_tokens, channels)  # no positional encoding on q
         structure = self.cross_attn_structure(
@@ -130,8 +134,8 @@ class SEMAMemoryAttentionLayer(MemoryAttentionLayer):
 
 
 class SEMAMemoryAttention(MemoryAttention):
-    """MemoryAttention with SEMA layers. Computes the edge map of the raw image once (it is identical in every
-    layer, spec §1.3) and returns (conditioned tokens `[B, N, C]`, structure logits `[B, L, 16h, 16w]`)."""
+    """MemoryAttention with SEMA layers. Computes the edge map of the raw image once (the original computes it in
+    each layer, identically) and returns (conditioned tokens `[B, N, C]`, structure logits `[B, L, 16h, 16w]`)."""
 
     upsample_factor: int = 16
     structure_strength_init: float = 1.0
@@ -161,7 +165,7 @@ class SEMAMemoryAttention(MemoryAttention):
         raw_image: jax.Array,
     ) -> tuple[jax.Array, jax.Array]:
         """Arguments as MemoryAttention's, plus `raw_image` `[B, 16h, 16w, 3]`: the model input of the current
-        frame (resized and ImageNet-normalised, as the original passes it; spec §1.3, §1.6)."""
+        frame (resized and ImageNet-normalised: the original passes this tensor, in its predictor and in training)."""
         side = math.isqrt(curr.shape[1])
         edges = edges_on_token_grid(edge_map(raw_image, self.edge_nms_ties), (side, side))
         output = curr + 0.1 * curr_pos if self.pos_enc_at_input else curr

@@ -1,10 +1,11 @@
 """The DINOv3 ViT (facebookresearch/dinov3 `DinoVisionTransformer`) in Flax Linen, inference only.
 
-The teacher of spec 4.5: patch 16, one class token plus 4 storage ("register") tokens, axial RoPE on the patch
-tokens, LayerScale, an MLP or SwiGLU feed-forward, and a final LayerNorm. Module and parameter names are the
-official PyTorch attribute names (`patch_embed.proj`, `blocks_3.attn.qkv`, `blocks_3.ls1.gamma`,
-`rope_embed.periods`, ...), so `checkpoints.torch_keys` maps an official `.pth` state dict by rule;
-`teacher.dinov3_checkpoint` adds the few DINOv3 specifics (the qkv key-bias mask buffer, Hugging Face names).
+The teacher of RobotSeg's pseudo-label propagation (the original uses `dinov3_vith16plus`): patch 16, one class
+token plus 4 storage ("register") tokens, axial RoPE on the patch tokens, LayerScale, an MLP or SwiGLU
+feed-forward, and a final LayerNorm. Module and parameter names are the official PyTorch attribute names
+(`patch_embed.proj`, `blocks_3.attn.qkv`, `blocks_3.ls1.gamma`, `rope_embed.periods`, ...), so
+`checkpoints.torch_keys` maps an official `.pth` state dict by rule; `teacher.dinov3_checkpoint` adds the few
+DINOv3 specifics (the qkv key-bias mask buffer, Hugging Face names).
 
 Training-only behaviour is left out on purpose: the RoPE coordinate shift/jitter/rescale augmentations
 (`pos_embed_rope_rescale_coords=2` in every released config) act only when the PyTorch module is in training mode,

@@ -17,6 +17,7 @@ HF keeps no `periods` buffer (its `inv_freq` is rebuilt from `rope_theta`), so `
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from robotseg_jax.checkpoints.torch_keys import (
+    CheckpointError,
     CheckpointMismatchError,
+    CheckpointNotFoundError,
     _as_numpy,
     flax_to_torch,
     torch_to_flax,
@@ -79,7 +82,7 @@ def _rename(key: str, table: tuple[tuple[str, str], ...]) -> str | None:
     return None
 
 
-class ArchitectureMismatchError(ValueError):
+class ArchitectureMismatchError(CheckpointError):
     """A checkpoint holds a different ViT than the one asked for; the message names both."""
 
 
@@ -226,18 +229,28 @@ def is_hf_state_dict(state_dict: Mapping[str, Any]) -> bool:
 
 
 def read_state_dict(path: str) -> dict[str, Any]:
-    """Reads a `.pth`/`.pt` file (torch.load, weights only; needs torch) or a `.safetensors` file (no torch)."""
+    """Reads a `.pth`/`.pt` file (torch.load, weights only; needs torch) or a `.safetensors` file (no torch).
+    Raises CheckpointNotFoundError (a FileNotFoundError) without a file, CheckpointError for a file it cannot read."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a readable .safetensors file: {e}") from e
     try:
         import torch
     except ImportError as e:
-        raise ImportError(f"reading {path} needs PyTorch (torch.load); a .safetensors file does not") from e
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(
+            f"reading {path} needs PyTorch (torch.load, pip install torch); a .safetensors file does not"
+        ) from e
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint of tensors (torch.load cannot read it: {e})") from e
     if not isinstance(state_dict, Mapping):
         raise CheckpointMismatchError(context=f"({path} holds a {type(state_dict).__name__}, not a state dict)")
     return dict(state_dict)

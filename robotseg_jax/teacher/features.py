@@ -1,4 +1,5 @@
-"""The DINOv3 features that pseudo-label propagation matches (spec 4.5, "Model and features").
+"""The DINOv3 features that pseudo-label propagation matches, computed as the original RobotSeg's
+`generate_pseudo_masks.py` computes them.
 
 Per frame: PIL bicubic resize so that the short side is 960 and both sides are rounded up to multiples of 16,
 ToTensor + ImageNet normalisation, the last block's output after the final LayerNorm, patch tokens only
@@ -20,7 +21,7 @@ from robotseg_jax.teacher.dinov3 import (
     normalize_images,
 )
 
-SHORT_SIDE = 960  # spec 4.5
+SHORT_SIDE = 960  # the original's resize target
 
 # (resized frames uint8 [B, H', W', 3], their frame ids) -> unit-norm patch features [B, H'/16, W'/16, C]. The
 # frame ids are unused by the ViT; they let tests inject oracle features in place of the ViT.

@@ -10,14 +10,16 @@ The image encoder runs once over every frame of the batch; then the stages are t
 - the memory encoder then encodes the final prediction, which joins the memory bank as a conditioning frame
   (initial conditioning and corrected frames) or a tracked one.
 
-The memory bank is `ClipMemory`: one slot per clip frame with validity masks (DESIGN.md principle 2), so the
-memory a stage attends to is a function of the (possibly traced) stage index. Consecutive plain tracked stages
+Each stage is composed of the model's public blocks (`condition_frame`, `forward_sam_heads`, `use_mask_as_output`,
+`memory_entry`), the same ones `track_step` is made of. The memory bank is `memory_bank.ClipMemory`: one slot per
+clip frame with validity masks, so the memory a stage attends to is a function of the (possibly traced) stage
+index. Consecutive plain tracked stages
 (no clicks, not conditioning: stages 1..6 of a RobotSeg clip) therefore run as one `lax.scan` whose body compiles
 once, instead of an unrolled copy per stage. Attention over the valid slots equals sam2's attention over the
 concatenated selection; only the order of the (permutation-invariant) memory tokens differs.
 
-RobotSeg (spec 4.3): every SAM pass gets the batch's categories except the mask-as-output frames and the
-correction re-runs (which the reference runs without `robot_inputs`, so they have no class and no object tokens).
+RobotSeg: every SAM pass gets the batch's categories except the mask-as-output frames and the correction re-runs,
+which the original runs without `robot_inputs`, so they have no class and no object tokens.
 """
 
 from __future__ import annotations
@@ -28,12 +30,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from robotseg_jax.modeling.config import SAM2Config
-from robotseg_jax.modeling.memory_bank import MemoryInputs
-from robotseg_jax.modeling.robotseg import RobotSegModel
-from robotseg_jax.modeling.rpg import foreground_on_memory_grid
+from robotseg_jax.modeling.memory_bank import ClipMemory, MemoryEntry, MemoryInputs
 from robotseg_jax.modeling.sam2 import (
     BackboneFeatures,
+    ConditionedFrame,
+    RobotInputs,
     SAM2Model,
     SamHeadOutputs,
     use_multimask,
@@ -55,72 +56,6 @@ class StageOutputs:
     steps: tuple[SamHeadOutputs, ...]
     backbone_features: jax.Array
     structure_maps: jax.Array | None
-
-
-@flax.struct.dataclass
-class ClipMemory:
-    """Every clip frame's memory entry, `[T, ...]` slots written as stages finish.
-
-    maskmem: [T,B,h,w,mem_dim]; obj_ptr: [T,B,C]; foreground: [T,B,h,w] bool (RobotSeg's RPG) or None;
-    stored / is_cond: [T] bool, whether the frame has been tracked and whether it is a conditioning frame.
-    """
-
-    maskmem: jax.Array
-    obj_ptr: jax.Array
-    foreground: jax.Array | None
-    stored: jax.Array
-    is_cond: jax.Array
-
-    @classmethod
-    def empty(cls, config: SAM2Config, num_frames: int, batch: int, dtype, with_foreground: bool) -> ClipMemory:
-        emb = config.image_embedding_size
-        return cls(
-            maskmem=jnp.zeros((num_frames, batch, emb, emb, config.mem_dim), dtype),
-            obj_ptr=jnp.zeros((num_frames, batch, config.d_model), dtype),
-            foreground=jnp.zeros((num_frames, batch, emb, emb), bool) if with_foreground else None,
-            stored=jnp.zeros((num_frames,), bool),
-            is_cond=jnp.zeros((num_frames,), bool),
-        )
-
-    def write(self, t, maskmem: jax.Array, obj_ptr: jax.Array, foreground: jax.Array | None, is_cond: bool):
-        return ClipMemory(
-            maskmem=self.maskmem.at[t].set(maskmem.astype(self.maskmem.dtype)),
-            obj_ptr=self.obj_ptr.at[t].set(obj_ptr.astype(self.obj_ptr.dtype)),
-            foreground=None if self.foreground is None else self.foreground.at[t].set(foreground),
-            stored=self.stored.at[t].set(True),
-            is_cond=self.is_cond.at[t].set(is_cond),
-        )
-
-    def inputs_for(self, config: SAM2Config, t) -> MemoryInputs:
-        """What stage `t` attends to in training (forward tracking, stride 1), as `memory_bank.select_memory`
-        with training=True: every conditioning frame (temporal position 0), the tracked frames t-1 .. t-(n-1)
-        (n = num_maskmem) at positions n-1 .. 1, and the pointers of every conditioning frame and of the tracked
-        frames t-1 .. t-(P-1) (P = min(T, max_obj_ptrs_in_encoder)) with their signed temporal distance."""
-        if config.max_cond_frames_in_attn != -1:
-            raise NotImplementedError("training attends to every conditioning frame (max_cond_frames_in_attn=-1)")
-        num_frames = self.stored.shape[0]
-        frames = jnp.arange(num_frames)
-        distance = t - frames
-        tracked = self.stored & ~self.is_cond
-        spatial_valid = (self.stored & self.is_cond) | (tracked & (distance >= 1) & (distance <= config.num_maskmem - 1))
-        tpos_index = jnp.where(self.is_cond, config.num_maskmem - 1, distance - 1)
-        max_ptrs = min(num_frames, config.max_obj_ptrs_in_encoder)
-        if config.use_obj_ptrs_in_encoder:
-            obj_ptrs = self.obj_ptr
-            ptr_valid = (self.stored & self.is_cond) | (tracked & (distance >= 1) & (distance <= max_ptrs - 1))
-            ptr_tpos = (distance if config.use_signed_tpos_enc_to_obj_ptrs else jnp.abs(distance)).astype(jnp.float32)
-        else:
-            obj_ptrs, ptr_valid, ptr_tpos = self.obj_ptr[:0], jnp.zeros((0,), bool), jnp.zeros((0,), jnp.float32)
-        return MemoryInputs(
-            maskmem_features=self.maskmem,
-            maskmem_tpos_index=jnp.clip(tpos_index, 0, config.num_maskmem - 1).astype(jnp.int32),
-            maskmem_valid=spatial_valid,
-            obj_ptrs=obj_ptrs,
-            obj_ptr_tpos=ptr_tpos,
-            obj_ptr_valid=ptr_valid,
-            tpos_scale=jnp.asarray(max(1, max_ptrs - 1), jnp.float32),
-            maskmem_foreground=self.foreground,
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +110,7 @@ def track_clip(
     """Runs a batch of clips in training mode (dropout and drop path on).
 
     images: [B, T, S, S, 3] normalised (in the compute dtype); gt_masks: [B, T, S, S] bool (the targets clicks
-    are sampled from); category: [B] int32 robot category per clip (RobotSeg; unused by SAM 2); from_gt:
+    are sampled from); category: [B] int32 robot category per clip (RobotSeg; unused by SAM 2.1); from_gt:
     [len(plan.correct_frames), plan.num_correction_pts] bool (`prompts.draw_prompts`); rng: PRNG key;
     unroll: unroll the scans over plain tracked stages (same values; see `StepConfig.unroll_stages`).
     Returns the outputs of stages 0..T-1 in time order.
@@ -184,7 +119,6 @@ def track_clip(
     batch, num_frames = images.shape[:2]
     if num_frames != plan.num_frames:
         raise ValueError(f"the prompt plan is for {plan.num_frames} frames, the clip has {num_frames}")
-    is_robotseg = isinstance(model, RobotSegModel)
     variables = {"params": params}
     dropout_key, stage_key = jax.random.split(rng)
 
@@ -197,31 +131,30 @@ def track_clip(
         variables, frames_first, deterministic=False, method=SAM2Model.forward_image, rngs=rngs(dropout_key)
     )
     features = jax.tree.map(lambda x: x.reshape(num_frames, batch, *x.shape[1:]), features)
-    per_stage = dict(
-        features=features,
-        gt=gt_masks.swapaxes(0, 1),
-        raw_image=images.swapaxes(0, 1),
-    )
-    memory = ClipMemory.empty(cfg, num_frames, batch, features.vision_feats.dtype, with_foreground=is_robotseg)
+    per_stage = dict(features=features, gt=gt_masks.swapaxes(0, 1), raw_image=images.swapaxes(0, 1))
+    memory_dtype = features.vision_feats.dtype
 
-    def run_stage(kind: StageKind, memory: ClipMemory, t, inputs: dict, from_gt_row):
+    def run_stage(kind: StageKind, memory: ClipMemory | None, t, inputs: dict, from_gt_row):
         key = jax.random.fold_in(stage_key, t)
         memory_inputs = None if kind.is_init or kind.mask_as_output else memory.inputs_for(cfg, t)
-        out, (maskmem, obj_ptr, foreground) = model.apply(
+        robot = RobotInputs(inputs["raw_image"], category, jax.random.fold_in(key, 0))
+        out, entry = model.apply(
             variables,
             kind,
             inputs["features"],
             memory_inputs,
             inputs["gt"],
-            inputs["raw_image"],
-            category,
+            robot,
             from_gt_row,
             key,
             method=_stage,
             rngs=rngs(jax.random.fold_in(key, 1)),
         )
-        return memory.write(t, maskmem, obj_ptr, foreground, kind.is_cond), out
+        if memory is None:  # the first stage (an initial conditioning frame) sets the slots' shapes
+            memory = ClipMemory.empty(entry, num_frames, memory_dtype)
+        return memory.write(t, entry, kind.is_cond), out
 
+    memory = None
     outputs: dict[int, StageOutputs] = {}
     for kind, stages in stage_groups(plan):
         index = jnp.asarray(stages)
@@ -245,40 +178,29 @@ def _stage(
     features: BackboneFeatures,
     memory: MemoryInputs | None,
     gt: jax.Array,
-    raw_image: jax.Array,
-    category: jax.Array,
+    robot: RobotInputs,
     from_gt_row: jax.Array | None,
     key: jax.Array,
-) -> tuple[StageOutputs, tuple]:
+) -> tuple[StageOutputs, MemoryEntry]:
     """One stage (`SAM2Train.track_step`), as a method of the bound model: its outputs and its memory entry."""
-    cfg = model.config
-    is_robotseg = isinstance(model, RobotSegModel)
     structure_maps = None
     if kind.mask_as_output:
-        heads = model._use_mask_as_output(features.vision_feats, features.high_res_features, gt.astype(raw_image.dtype))
+        heads = model.use_mask_as_output(features, gt.astype(robot.image.dtype))
         steps, mask_from_points = (heads,), False
     else:
-        robot = {}
-        if is_robotseg:
-            robot = dict(raw_image=raw_image, robot_category=category, rng=jax.random.fold_in(key, 0))
-        frame = model.condition_frame(features, memory, kind.is_init, False, **robot)
+        frame = model.condition_frame(features, memory, robot, deterministic=False)
         structure_maps = frame.structure_maps
         steps = _sam_passes(model, kind, frame, features, gt, from_gt_row, key)
         heads, mask_from_points = steps[-1], kind.first_num_points + kind.num_corrections > 0
-    if is_robotseg:
-        structure_maps = model.structure_or_placeholder(structure_maps, heads)
-    maskmem = model.encode_new_memory(
-        features, heads.high_res_masks, heads.object_score_logits, mask_from_points, training=True
-    )
-    grid = (cfg.image_embedding_size, cfg.image_embedding_size)
-    foreground = foreground_on_memory_grid(heads.low_res_masks[:, 0], grid) if is_robotseg else None
-    return StageOutputs(steps, features.vision_feats, structure_maps), (maskmem, heads.obj_ptr, foreground)
+    entry = model.memory_entry(features, heads, mask_from_points, training=True)
+    structure_maps = model.frame_structure_maps(structure_maps, heads)
+    return StageOutputs(steps, features.vision_feats, structure_maps), entry
 
 
 def _sam_passes(
     model: SAM2Model,
     kind: StageKind,
-    frame,
+    frame: ConditionedFrame,
     features: BackboneFeatures,
     gt: jax.Array,
     from_gt_row: jax.Array | None,
@@ -288,24 +210,19 @@ def _sam_passes(
     cfg = model.config
     clicks = initial_points(jax.random.fold_in(key, 1), kind.first_prompt, gt)
     coords, labels = clicks if clicks is not None else (None, None)
-    heads = model._forward_sam_heads(
-        frame.pix_feat, coords, labels, None, features.high_res_features,
-        use_multimask(cfg, kind.is_init, kind.first_num_points), **frame.decoder_inputs,
-    )
+    multimask = use_multimask(cfg, kind.is_init, kind.first_num_points)
+    heads = model.forward_sam_heads(frame, features.high_res_features, coords, labels, None, multimask)
     steps = [heads]
-    # The reference's correction re-runs pass no robot inputs: no class token, no object tokens.
-    decoder_inputs = dict(frame.decoder_inputs)
-    if "robot_category" in decoder_inputs:
-        decoder_inputs["robot_category"] = jnp.full_like(decoder_inputs["robot_category"], -1)
+    correcting = frame.without_category()  # the original's correction re-runs pass no robot inputs
     for k in range(kind.num_corrections):
         new_coords, new_labels = correction_click(
             jax.random.fold_in(key, 2 + k), heads.high_res_masks[:, 0], gt, from_gt_row[k]
         )
         coords = new_coords if coords is None else jnp.concatenate([coords, new_coords], axis=1)
         labels = new_labels if labels is None else jnp.concatenate([labels, new_labels], axis=1)
-        heads = model._forward_sam_heads(
-            frame.pix_feat, coords, labels, heads.low_res_masks, features.high_res_features,
-            use_multimask(cfg, kind.is_init, kind.first_num_points + k + 1), **decoder_inputs,
+        multimask = use_multimask(cfg, kind.is_init, kind.first_num_points + k + 1)
+        heads = model.forward_sam_heads(
+            correcting, features.high_res_features, coords, labels, heads.low_res_masks, multimask
         )
         steps.append(heads)
     return tuple(steps)

@@ -14,10 +14,15 @@ from ml_collections import config_dict
 
 from robotseg_jax.data import pipeline, samplers, tfds_builders, vrs_tfds
 from robotseg_jax.data.sim import dataset as sim_dataset
+from robotseg_jax.errors import UserError
 from robotseg_jax.training.sharding import batch_sharding
 
 # What the train step consumes of a pipeline batch.
 STEP_KEYS = ("images", "masks", "category")
+
+
+class MissingDatasetError(UserError, FileNotFoundError):
+    """The training dataset is not built, and the config does not say how to render it."""
 
 
 def ensure_dataset(data: config_dict.ConfigDict, log=print) -> None:
@@ -27,7 +32,7 @@ def ensure_dataset(data: config_dict.ConfigDict, log=print) -> None:
     if _is_built(data.name, data.data_dir):
         return
     if data.get("sim") is None:
-        raise FileNotFoundError(
+        raise MissingDatasetError(
             f"no TFDS dataset {data.name!r} in {data.data_dir or 'the default TFDS dir'}: build it with "
             f"python -m robotseg_jax.data.tfds_builders {data.name} --manual_dir <VRS layout> --data_dir <dir>"
         )

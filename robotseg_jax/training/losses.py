@@ -1,4 +1,4 @@
-"""Training losses: SAM 2's multistep multimask loss and RobotSeg's LET losses (spec robotseg.md 4.4).
+"""Training losses: SAM 2's multistep multimask loss and RobotSeg's LET losses (MultiStepMultiMasksAndIous_LET).
 
 Layouts follow the model: mask logits `[N, M, H, W]` (N objects, M output masks), predicted IoUs `[N, M]`,
 object-score logits `[N, 1]`, targets `[N, H, W]` (bool or {0,1}), backbone features `[N, h, w, C]`.
@@ -163,26 +163,31 @@ def sam2_loss(
 # ---------------------------------------------------------------------------------------------------- LET
 @dataclasses.dataclass(frozen=True)
 class LETLossConfig:
-    """MultiStepMultiMasksAndIous_LET's weights (robotseg-train.yaml); focal settings as SAM 2."""
+    """MultiStepMultiMasksAndIous_LET's settings; the defaults are robotseg-train.yaml's.
 
-    weight_mask: float = 5.0
-    weight_dice: float = 1.0
-    weight_iou: float = 1.0
-    weight_class: float = 1.0
+    `cycle` configures SAM 2's terms (mask, dice, IoU, class) on the first and last stage, which also pick the
+    best mask by `cycle.weight_mask * focal + cycle.weight_dice * dice`; the other weights are LET's own terms.
+    """
+
+    # Mask weight 5 (SAM 2.1: 20), dice, IoU and class 1, focal and IoU settings as SAM 2.1's. The yaml sets
+    # supervise_all_iou, but the reference LET loss ignores it and trains the IoU head on the selected mask only.
+    # True trains all masks' IoUs, which inference needs to pick among the 3 masks when the IoU head does not
+    # start from SAM 2.1's (training from scratch).
+    cycle: SAM2LossConfig = dataclasses.field(
+        default_factory=lambda: SAM2LossConfig(weight_mask=5.0, supervise_all_iou=False)
+    )
     weight_semantic: float = 1.0
     weight_patch: float = 1.0
     weight_structure: float = 1.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    iou_use_l1_loss: bool = True
-    # robotseg-train.yaml sets supervise_all_iou, but the reference LET loss ignores it and trains the IoU head on
-    # the selected mask only (spec 3.2). True trains all masks' IoUs, which inference needs to pick among the 3
-    # masks when the IoU head does not start from SAM 2.1's (training from scratch).
-    supervise_all_iou: bool = False
 
     @property
     def weights(self) -> dict[str, float]:
-        return {k: getattr(self, "weight_" + k.removeprefix("loss_")) for k in LET_KEYS}
+        return {
+            **self.cycle.weights,
+            "loss_semantic": self.weight_semantic,
+            "loss_patch": self.weight_patch,
+            "loss_structure": self.weight_structure,
+        }
 
 
 @flax.struct.dataclass
@@ -226,7 +231,7 @@ def let_loss(
     config: LETLossConfig = LETLossConfig(),
     mean_term_objects: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
-    """MultiStepMultiMasksAndIous_LET over a clip (spec 4.4): per-term sums over stages and the weighted total.
+    """MultiStepMultiMasksAndIous_LET over a clip: per-term sums over stages and the weighted total.
 
     targets: [T, N, H, W] (GT on the first and last stage, pseudo masks between); structure_target: [N, H, W]
     normalised Laplacian of the last stage's target (`edges.laplacian_structure_target`), needed when T > 1.
@@ -241,11 +246,6 @@ def let_loss(
         raise ValueError(f"{num_stages} stages but targets for {targets.shape[0]}")
     totals = {k: jnp.zeros((), jnp.float32) for k in LET_KEYS}
     grid = stages[0].backbone_features.shape[1:3]
-    cycle_config = SAM2LossConfig(
-        weight_mask=config.weight_mask, weight_dice=config.weight_dice, weight_iou=config.weight_iou,
-        weight_class=config.weight_class, focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
-        supervise_all_iou=config.supervise_all_iou, iou_use_l1_loss=config.iou_use_l1_loss, pred_obj_scores=True,
-    )
     # The anchor: stage 0's backbone features averaged under stage 0's (downsampled) target; not detached.
     anchor_weights = resize_bilinear_nchw(targets[0].astype(jnp.float32), grid)
     anchor = masked_average(stages[0].backbone_features, anchor_weights)
@@ -255,7 +255,7 @@ def let_loss(
         small_targets = resize_bilinear_nchw(stage_targets.astype(jnp.float32), grid)
         for step in stage.steps:
             if is_cycle:
-                for k, v in multimask_step_losses(step, stage_targets, num_objects, cycle_config).items():
+                for k, v in multimask_step_losses(step, stage_targets, num_objects, config.cycle).items():
                     totals[k] = totals[k] + v
             if is_between:
                 best = jnp.argmax(step.ious, axis=1)

@@ -1,5 +1,5 @@
-"""Training prompt simulation: spec robotseg.md 4.3 and sam2's `SAM2Train` (training/model/sam2.py) with the
-samplers of sam2/modeling/sam2_utils.py.
+"""Training prompt simulation: sam2's `SAM2Train` (training/model/sam2.py), with RobotSeg's robot-prompt mode, and
+the samplers of sam2/modeling/sam2_utils.py.
 
 The reference decides a batch's prompt structure on the host with one numpy Generator (`default_rng(42)`, the
 same on every rank): the mode (robot / mask / point), box or click per initial conditioning frame, the frames
@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robotseg_jax.constants import BOX_CORNER_LABELS
+
 Mode = Literal["robot", "mask", "point"]
 FirstPrompt = Literal["none", "click", "box"]
-# sam2_utils.sample_box_points: labels of the top-left and bottom-right box corners.
-BOX_LABELS = (2, 3)
 
 
 # ------------------------------------------------------------------------------------------ device samplers
@@ -77,7 +77,7 @@ def noisy_box(
 
     As in the reference: an empty mask has the box (W, H, -1, -1), whose negative size still gives noise of
     magnitude noise * (size + 1) before the clamp; with noise == 0 nothing is added and nothing is clamped.
-    Returns coords [N, 2, 2] float32 (top-left, bottom-right; x, y) and labels [N, 2] int32 = (2, 3).
+    Returns coords [N, 2, 2] float32 (top-left, bottom-right; x, y) and labels [N, 2] int32 = BOX_CORNER_LABELS.
     """
     n, h, w = mask.shape
     mask = mask.astype(bool)
@@ -94,7 +94,7 @@ def noisy_box(
         box_noise = 2 * jax.random.uniform(key, (n, 4)) - 1
         box = box + box_noise * jnp.stack([max_dx, max_dy, max_dx, max_dy], axis=-1)
         box = jnp.clip(box, 0.0, jnp.array([w - 1, h - 1, w - 1, h - 1], jnp.float32))
-    labels = jnp.broadcast_to(jnp.array(BOX_LABELS, jnp.int32), (n, 2))
+    labels = jnp.broadcast_to(jnp.array(BOX_CORNER_LABELS, jnp.int32), (n, 2))
     return box.reshape(n, 2, 2), labels
 
 
@@ -112,7 +112,8 @@ class PromptConfig:
     rand_frames_to_correct: bool = True  # draw #init cond..num_frames_to_correct
     num_correction_pts: int = 7  # num_correction_pt_per_frame
     add_all_frames_to_correct_as_cond: bool = True
-    # RobotSeg's robot-prompt probability (spec 4.3); None: SAM 2's draw, which has no robot mode.
+    # RobotSeg's robot-prompt probability: P(robot) first, then P(mask) = 1 - P(robot) - P(point), the rest point
+    # input. None: SAM 2's draw, which has no robot mode.
     prob_robot: float | None = None
 
     def __post_init__(self):
@@ -122,7 +123,7 @@ class PromptConfig:
 
 
 SAM21_MOSE_FINETUNE = PromptConfig()
-# robotseg-train.yaml (spec 3.2): P(robot) 0.4, P(mask) 0.2, P(point) 0.4; 3 correction clicks on frame 0 only.
+# robotseg-train.yaml: P(robot) 0.4, P(mask) 0.2, P(point) 0.4; 3 correction clicks on frame 0 only.
 ROBOTSEG = PromptConfig(
     prob_point=0.4,
     prob_robot=0.4,
@@ -160,7 +161,8 @@ class PromptPlan:
 
     def num_points(self, frame: int, step: int = 0) -> int:
         """Clicks fed to the SAM heads on `frame` at correction step `step` (0: the first pass), a box counting
-        as 2. With `modeling.sam2.use_multimask` this gives the multimask rule of spec 4.3 / _use_multimask."""
+        as 2. With `modeling.sam2.use_multimask` this gives SAM 2's multimask rule (_use_multimask: 3 masks for 0 or 1
+        clicks, 1 mask for a box or more clicks)."""
         if step > (self.num_correction_pts if frame in self.correct_frames else 0):
             raise ValueError(f"frame {frame} has no correction step {step}")
         return {"none": 0, "click": 1, "box": 2}[self.first_prompt(frame)] + step
@@ -190,7 +192,7 @@ def draw_prompts(rng: np.random.Generator, config: PromptConfig, num_frames: int
     elif p < config.prob_robot:
         mode = "robot"
     elif p < config.prob_robot + (1 - config.prob_robot - config.prob_point) and num_frames > 1:
-        mode = "mask"  # spec 4.3: the mask band becomes point input on images
+        mode = "mask"  # RobotSeg: on images (1 frame) the mask band becomes point input
     else:
         mode = "point"
     if config.rand_init_cond_frames and num_init > 1:

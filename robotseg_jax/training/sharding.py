@@ -1,4 +1,4 @@
-"""Device mesh and shardings for training (DESIGN.md principle 3).
+"""Device mesh and shardings for training: `jax.jit` over a `Mesh` with `NamedSharding`s, no `pmap`.
 
 The mesh has two axes: `data` (pure data parallelism) and `fsdp` (data parallelism whose devices also split the
 parameters and optimizer state). The batch is split over both axes. Parameters are replicated unless a regex rule
@@ -17,6 +17,7 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from robotseg_jax.checkpoints.torch_keys import flax_path_to_torch_key
+from robotseg_jax.errors import ConfigValueError
 
 DATA_AXES = ("data", "fsdp")
 # Parameters smaller than this stay replicated under FSDP: splitting them saves nothing and costs a collective.
@@ -27,11 +28,11 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
     """A (data, fsdp) mesh over `devices` (default: all). -1 for `data` takes the devices that fsdp leaves."""
     devices = list(jax.devices() if devices is None else devices)
     if fsdp < 1 or len(devices) % fsdp:
-        raise ValueError(f"fsdp={fsdp} must divide the {len(devices)} devices")
+        raise ConfigValueError(f"mesh.fsdp={fsdp} must divide the {len(devices)} devices")
     if data == -1:
         data = len(devices) // fsdp
     if data * fsdp != len(devices):
-        raise ValueError(f"mesh data={data} x fsdp={fsdp} does not cover the {len(devices)} devices")
+        raise ConfigValueError(f"mesh.data={data} x mesh.fsdp={fsdp} does not cover the {len(devices)} devices")
     return Mesh(np.asarray(devices).reshape(data, fsdp), DATA_AXES)
 
 

@@ -14,20 +14,22 @@ import numpy as np
 from ml_collections import config_dict
 from PIL import Image
 
+from robotseg_jax.data.eval_videos import EvalVideo, open_videos
 from robotseg_jax.evaluation.report import ALL, EvalResults
 from robotseg_jax.evaluation.runner import evaluate
-from robotseg_jax.evaluation.videos import EvalVideo, open_videos
 from robotseg_jax.inference import build_video_predictor
 from robotseg_jax.inference.visualize import overlay
 
 
 class Validator:
     """J&F of `settings` x `categories` on a split (`config`: data, split, data_dir, settings, categories,
-    max_videos), for a model built as `build_video_predictor(model_name, **model_overrides)`."""
+    max_videos), for a model built as `build_video_predictor(model_name, **model_overrides)`. `seed` seeds the
+    predictor's sessions (RobotSeg's RPG draws), so that a validation's numbers repeat."""
 
-    def __init__(self, config: config_dict.ConfigDict, model_name: str, model_overrides: dict):
+    def __init__(self, config: config_dict.ConfigDict, model_name: str, model_overrides: dict, seed: int):
         self.config = config
         self.model_name, self.model_overrides = model_name, dict(model_overrides)
+        self.seed = seed
         self.settings = [s.strip().upper() for s in config.settings.split(",")]
         self.categories = [c.strip().lower() for c in config.categories.split(",")]
         self.videos = open_videos(config.data, config.split, config.get("data_dir"))
@@ -38,7 +40,9 @@ class Validator:
         full results (predicted PNGs under `out_dir`)."""
         params = jax.device_get(params)
         if self._predictor is None:
-            self._predictor = build_video_predictor(self.model_name, params=params, **self.model_overrides)
+            self._predictor = build_video_predictor(
+                self.model_name, params=params, seed=self.seed, **self.model_overrides
+            )
         else:
             self._predictor.set_params(params)
         results = evaluate(

@@ -6,6 +6,7 @@ import argparse
 import os
 import time
 
+from robotseg_jax import cli
 from robotseg_jax.data.sim.dataset import (
     DEFAULT_SPLIT_FRACTIONS,
     EMBODIMENT_ORDER,
@@ -22,14 +23,26 @@ def parse_split_fractions(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(f"expected name=fraction,... got {text!r}") from e
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Renders the dataset; a user error (settings that cannot be rendered or differ from the folder's, an output
+    folder that cannot be created) raises a robotseg_jax.errors.UserError."""
     parser = argparse.ArgumentParser(prog="python -m robotseg_jax.data.sim", description=__doc__)
     parser.add_argument("--out", required=True, help="dataset root; rerunning with the same settings resumes")
-    parser.add_argument("--videos", type=int, required=True, help="number of videos (embodiments round robin)")
-    parser.add_argument("--frames", type=int, default=8, help="frames per video")
-    parser.add_argument("--size", type=int, default=256, help="square frame size in pixels")
+    parser.add_argument("--videos", type=positive_int, required=True, help="number of videos (embodiments round robin)")
+    parser.add_argument("--frames", type=positive_int, default=8, help="frames per video")
+    parser.add_argument("--size", type=int, default=256, help="square frame size in pixels (at least 16)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="rendering processes")
     parser.add_argument(
         "--holdout-embodiment",
         default="xarm6",
@@ -60,4 +73,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

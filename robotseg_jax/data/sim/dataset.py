@@ -25,17 +25,21 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from robotseg_jax.constants import GT_MASK_DIR, PSEUDO_MASK_DIR
 from robotseg_jax.data import vrs_layout
 from robotseg_jax.data.sim.embodiments import EMBODIMENTS
 from robotseg_jax.data.sim.video import RenderedVideo, VideoSeeds, render_video
+from robotseg_jax.errors import UserError, make_output_dir
 
-SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 EMBODIMENT_ORDER = tuple(EMBODIMENTS)
 MANIFEST_FILE = "vrs_sim.json"  # the settings a folder was generated with; resuming requires the same ones
 STAGING_DIR = ".partial"
-PSEUDO_MASK_DIR = "mask_gt_dinov3"
 FORMAT_VERSION = 1
+
+
+class SimConfigError(UserError, ValueError):
+    """Generation settings that cannot be rendered, or that differ from those a folder was started with."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,13 +55,16 @@ class GenerationConfig:
 
     def __post_init__(self):
         if self.holdout_embodiment is not None and self.holdout_embodiment not in EMBODIMENTS:
-            raise ValueError(f"unknown embodiment {self.holdout_embodiment!r}; expected one of {EMBODIMENT_ORDER}")
-        if not set(self.split_fractions) <= set(SPLITS) or any(f < 0 for f in self.split_fractions.values()):
-            raise ValueError(f"split fractions {dict(self.split_fractions)} must be >= 0 and name only {SPLITS}")
+            raise SimConfigError(f"unknown embodiment {self.holdout_embodiment!r}; expected one of {EMBODIMENT_ORDER}")
+        fractions = dict(self.split_fractions)
+        if not set(fractions) <= set(vrs_layout.SPLITS) or any(f < 0 for f in fractions.values()):
+            raise SimConfigError(f"split fractions {fractions} must be >= 0 and name only {vrs_layout.SPLITS}")
         if not np.isclose(sum(self.split_fractions.values()), 1.0):
-            raise ValueError(f"split fractions {dict(self.split_fractions)} must sum to 1")
+            raise SimConfigError(f"split fractions {dict(self.split_fractions)} must sum to 1")
         if self.num_frames < 1 or self.size < 16:
-            raise ValueError(f"need num_frames >= 1 and size >= 16, got {self.num_frames} and {self.size}")
+            raise SimConfigError(f"need num_frames >= 1 and size >= 16, got {self.num_frames} and {self.size}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise SimConfigError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,15 +93,15 @@ def video_seeds(seed: int, index: int) -> VideoSeeds:
 
 def assign_splits(embodiments: list[str], fractions: Mapping[str, float], holdout: str | None) -> list[str]:
     """Each embodiment's n-th video goes to the split furthest below its share of that embodiment's first n videos
-    (ties in SPLITS order); the held-out embodiment goes entirely to test."""
-    counts = {e: dict.fromkeys(SPLITS, 0) for e in set(embodiments)}
+    (ties in vrs_layout.SPLITS order); the held-out embodiment goes entirely to test."""
+    counts = {e: dict.fromkeys(vrs_layout.SPLITS, 0) for e in set(embodiments)}
     splits = []
     for embodiment in embodiments:
         if embodiment == holdout:
             splits.append("test")
             continue
         seen = sum(counts[embodiment].values()) + 1
-        split = max(SPLITS, key=lambda s: fractions.get(s, 0.0) * seen - counts[embodiment][s])
+        split = max(vrs_layout.SPLITS, key=lambda s: fractions.get(s, 0.0) * seen - counts[embodiment][s])
         counts[embodiment][split] += 1
         splits.append(split)
     return splits
@@ -111,8 +118,12 @@ def generate(
     workers: int = 1,
     log: Callable[[str], None] = print,
 ) -> list[str]:
-    """Renders every planned video that is not complete yet; returns the names rendered now."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Renders every planned video that is not complete yet; returns the names rendered now. Raises
+    SimConfigError for settings that cannot be rendered or differ from the folder's, OutputDirError when `out_dir`
+    cannot be created."""
+    if num_videos < 1:
+        raise SimConfigError(f"the number of videos must be at least 1, got {num_videos}")
+    make_output_dir(out_dir, "VRS-Sim output folder")
     _check_or_write_manifest(out_dir, config)
     pending = [plan for plan in plan_videos(num_videos, config) if not is_complete(out_dir, plan)]
     log(f"{num_videos - len(pending)} of {num_videos} videos already complete; rendering {len(pending)}")
@@ -155,9 +166,9 @@ def _write_atomically(out_dir: str, config: GenerationConfig, plan: VideoPlan, v
     )
     if plan.split == "train":
         write(mask_dir=PSEUDO_MASK_DIR)
-        write(mask_dir="mask_gt", label_frames=[0], metadata=metadata)  # rewrites the same JPEG bytes
+        write(mask_dir=GT_MASK_DIR, label_frames=[0], metadata=metadata)  # rewrites the same JPEG bytes
     else:
-        write(mask_dir="mask_gt", metadata=metadata)
+        write(mask_dir=GT_MASK_DIR, metadata=metadata)
 
     staged_split = os.path.join(staging, plan.split)
     for folder in sorted(os.listdir(staged_split)):
@@ -183,8 +194,8 @@ def _video_metadata(config: GenerationConfig, plan: VideoPlan, video: RenderedVi
             "split": plan.split,
             "seed": config.seed,
             "num_frames": config.num_frames,
-            "mask_gt_frames": [0] if plan.split == "train" else "all",
-            "mask_gt_dinov3": "exact rendered masks standing in for DINOv3 pseudo masks"
+            f"{GT_MASK_DIR}_frames": [0] if plan.split == "train" else "all",
+            PSEUDO_MASK_DIR: "exact rendered masks standing in for DINOv3 pseudo masks"
             if plan.split == "train"
             else None,
             **video.metadata,
@@ -214,7 +225,7 @@ def _check_or_write_manifest(out_dir: str, config: GenerationConfig) -> None:
         with open(path) as f:
             existing = json.load(f)
         if existing != manifest:
-            raise ValueError(
+            raise SimConfigError(
                 f"{path} was generated with {existing}, not {manifest}; resume with the same settings or use a new folder"
             )
         return

@@ -11,6 +11,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from robotseg_jax.constants import GT_MASK_DIR, PSEUDO_MASK_DIR
 from robotseg_jax.data import vrs_layout
 
 ARM_COLOR, GRIPPER_COLOR = np.array([255, 0, 0]), np.array([0, 255, 0])
@@ -27,10 +28,10 @@ def preview_grid(root: str, videos_per_embodiment: int = 2, frame_index: int = 0
     """One row per embodiment; each video gives a (frame, overlay) pair of tiles. Masks come from the densest
     folder a split has (mask_gt_dinov3 in train, mask_gt elsewhere)."""
     rows: dict[str, list[np.ndarray]] = {}
-    for split in ("train", "val", "test"):
+    for split in vrs_layout.SPLITS:
         if not os.path.isdir(os.path.join(root, split, vrs_layout.IMAGE_DIR)):
             continue
-        mask_dir = "mask_gt_dinov3" if split == "train" else "mask_gt"
+        mask_dir = PSEUDO_MASK_DIR if split == "train" else GT_MASK_DIR
         for video in vrs_layout.list_videos(root, split):
             embodiment = vrs_layout.read_metadata(root, split, video).get("embodiment", "unknown")
             tiles = rows.setdefault(embodiment, [])

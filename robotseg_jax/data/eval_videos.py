@@ -1,10 +1,12 @@
-"""The videos an evaluation runs on: a VRS layout folder or a built TFDS split (spec §6 "Dataset layout"), read
-lazily, one video at a time, and in image mode every labelled frame as a 1-frame video (spec §1.6 "Image mode").
+"""The videos an evaluation (or training's validation) runs on: a folder in the VRS layout
+(`<split>/image/<video>/<frame:05d>.jpg`, `<split>/mask_gt/<video>/<000|001|002>/<frame:05d>.png`) or a built
+`vrs` / `vrs_sim` TFDS split, read lazily, one video at a time.
 
 Frames are addressed by position (0 = the first JPEG in frame-number order), as the predictor indexes them, and
 named on disk by their frame id (the int JPEG stem). GT is keyed by the positions that have a GT PNG, so the start
-frame rule (§5) and scoring (§6) see exactly the labelled frames. (Upstream keys its `mask_gt_info` by the index of
-the PNG within the GT folder, which equals the frame position only when every frame is labelled, as in VRS test.)
+frame (the first labelled frame with a GT pixel) and the scoring (every GT PNG of the category) see exactly the
+labelled frames. (Upstream keys its `mask_gt_info` by the index of the PNG within the GT folder, which equals the
+frame position only when every frame is labelled, as in VRS test.)
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from robotseg_jax.constants import GT_MASK_DIR
 from robotseg_jax.data import vrs_layout
+from robotseg_jax.errors import UserError
 
 TFDS_PREFIX = "tfds:"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The evaluation data cannot be found or read; the message says what to fix."""
 
 
@@ -99,7 +103,7 @@ class TfdsVideos:
             example = self.source[index]
             frames = np.stack([decode_frame(data) for data in example["frames"]])
 
-            def read_gt(category: str, tracks=example["mask_gt"]) -> dict[int, np.ndarray]:
+            def read_gt(category: str, tracks=example[GT_MASK_DIR]) -> dict[int, np.ndarray]:
                 track = tracks[category]
                 labelled = np.flatnonzero(np.asarray(track["has_label"], bool))
                 return {int(i): decode_mask(track["masks"][i]) for i in labelled}
@@ -123,22 +127,6 @@ def open_videos(data: str, split: str, data_dir: str | None = None) -> LayoutVid
     if not name:
         raise DatasetError(f"expected tfds:<name> or tfds:<name>:<split>, got {data!r}")
     return TfdsVideos(name, tfds_split or split, data_dir)
-
-
-def as_images(video: EvalVideo, categories: list[str]) -> Iterator[EvalVideo]:
-    """Image mode: each frame labelled for any of `categories` as its own 1-frame video."""
-    gt = {category: video.read_gt(category) for category in categories}
-    for position in sorted(set().union(*gt.values())):
-        frame = video.read_frame(position)
-        yield EvalVideo(
-            name=f"{video.name}/{video.frame_ids[position]:05d}",
-            folder=video.folder,
-            embodiment=video.embodiment,
-            frame_ids=[video.frame_ids[position]],
-            load=lambda frame=frame: frame[None],
-            read_frame=lambda i, frame=frame: frame,
-            read_gt=lambda c, p=position: {0: gt[c][p]} if p in gt[c] else {},
-        )
 
 
 def _text(value: bytes | str) -> str:
