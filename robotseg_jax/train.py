@@ -289,8 +289,8 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize()
     check_before_training(config, flags.FLAGS.workdir)
     results = train_and_evaluate(config, flags.FLAGS.workdir)
-    if results:
-        print(json.dumps({k: v["J&F"] if isinstance(v, dict) else v for k, v in results.items()}, indent=2))
+    if results:  # the J&F of each evaluation, then the rest (steps, seeds) as results.json has it
+        print(json.dumps({k: v["J&F"] if k in ("untrained", "trained") else v for k, v in results.items()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -116,26 +116,40 @@ def test_resume_after_sigterm_repeats_the_uninterrupted_losses(sim_data, tmp_pat
 
 
 def test_a_seeded_run_repeats_its_evaluation_exactly(tmp_path):
-    """Training, then the final evaluation, twice with the same seed: identical J&F (the evaluation seeds RPG's
-    draws with the run's seed) and results.json records the seeds."""
-    config = quickstart.get_config()
-    config.image_size = SIZE
-    config.total_steps = 1
-    config.data.data_dir = str(tmp_path / "tfds")
-    config.data.sim.out = str(tmp_path / "layout")
-    config.data.sim.update({"videos": 6, "frames": 4, "size": SIZE, "workers": 1})  # 2 xArm6 videos held out
-    config.data.update({"sampler": "uniform", "num_frames": 2, "batch_size": 2})
-    config.prompts.update({"prob_robot": 1.0, "prob_point": 0.0})
-    config.eval.every_steps = 0
-    config.final_eval.compare_untrained = False
-    config.final_eval.max_videos = 1
-    config.compilation_cache_dir = str(tmp_path / "jax_cache")
-    runs = [train_and_evaluate(config, str(tmp_path / name)) for name in ("first", "second")]
-    scores = [{key: run["trained"][key] for key in ("J&F", "scores")} for run in runs]  # all but the timing
+    """Training, then the final evaluation, twice with the same seed through the CLI: identical J&F (the evaluation
+    seeds RPG's draws with the run's seed); results.json records the seeds and the CLI prints the summary."""
+    overrides = [
+        "--config.total_steps=1",
+        f"--config.image_size={SIZE}",
+        f"--config.data.data_dir={tmp_path / 'tfds'}",
+        f"--config.data.sim.out={tmp_path / 'layout'}",
+        "--config.data.sim.videos=6",  # 2 xArm6 videos held out for the evaluation
+        "--config.data.sim.frames=4",
+        f"--config.data.sim.size={SIZE}",
+        "--config.data.sim.workers=1",
+        "--config.data.sampler=uniform",
+        "--config.data.num_frames=2",
+        "--config.data.batch_size=2",
+        "--config.prompts.prob_robot=1.0",
+        "--config.prompts.prob_point=0.0",
+        "--config.eval.every_steps=0",
+        "--config.final_eval.compare_untrained=False",
+        "--config.final_eval.max_videos=1",
+        f"--config.compilation_cache_dir={tmp_path / 'jax_cache'}",
+    ]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    results, printed = [], []
+    for name in ("first", "second"):
+        run = subprocess.run(_train_command(tmp_path / name, overrides), cwd=REPO, env=env, capture_output=True)
+        assert run.returncode == 0, run.stderr.decode()[-3000:]
+        printed.append(json.loads(run.stdout.decode()[run.stdout.decode().index("{"):]))
+        with open(tmp_path / name / "results.json") as f:
+            results.append(json.load(f))
+    scores = [{key: r["trained"][key] for key in ("J&F", "scores")} for r in results]  # all but the timing
     assert scores[0] == scores[1]
     assert scores[0]["scores"]  # a score was computed, on the held-out video
-    with open(tmp_path / "second" / "results.json") as f:
-        assert json.load(f)["seeds"] == {"seed": 0, "data.sim.seed": 0}
+    assert results[1]["seeds"] == {"seed": 0, "data.sim.seed": 0}
+    assert printed[1] == {"trained": results[1]["trained"]["J&F"], "steps": 1, "seeds": results[1]["seeds"]}
 
 
 def _tiny_step(model_name="robotseg_hiera_t", plan=None, step_config=None, num_frames=2, batch=1):
