@@ -26,7 +26,7 @@ from clu import metric_writers, periodic_actions
 from ml_collections import config_dict, config_flags
 
 from robotseg_jax import cli
-from robotseg_jax.checkpoints.convert import check_initial_checkpoint, initial_params, save_params
+from robotseg_jax.checkpoints.convert import initial_params, save_params
 from robotseg_jax.config_sections import dataclass_from_config
 from robotseg_jax.errors import ConfigValueError, make_output_dir
 from robotseg_jax.inference.visualize import write_gif
@@ -55,8 +55,7 @@ class DivergedError(RuntimeError):
 
 def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
     """Runs (or resumes) training as configured; returns the final evaluation results (empty without one)."""
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = os.path.abspath(make_output_dir(workdir, "--workdir"))
     config = _resolve_paths(config, workdir)
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
@@ -68,15 +67,17 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
         raise ConfigValueError(
             f"data.batch_size={config.data.batch_size} must be a multiple of the {mesh.size} devices"
         )
-    inputs.ensure_dataset(config.data, log=logging.info)
-    train_iter, steps_per_epoch = inputs.make_iterator(config.data, config.image_size, config.seed)
-    total_steps = config.total_steps or config.num_epochs * steps_per_epoch
-
-    # model / optimizer, placed on the mesh
+    # The model and its starting params come before the data, so that an unknown model or a checkpoint that does
+    # not fit fails before any data is rendered or built.
     model_overrides = {"image_size": config.image_size, **config.model_overrides}
     model_config = get_model_config(config.model, **model_overrides)
     model = build_model(model_config)
     params = initial_params(model_config, config.init_checkpoint, config.seed)
+    inputs.ensure_dataset(config.data, log=logging.info)
+    train_iter, steps_per_epoch = inputs.make_iterator(config.data, config.image_size, config.seed)
+    total_steps = config.total_steps or config.num_epochs * steps_per_epoch
+
+    # optimizer, state placed on the mesh
     optimizer_config = dataclass_from_config(OptimizerConfig, config.optimizer, total_steps=total_steps)
     optimizer = make_optimizer(params, optimizer_config)
     params = sharding.shard_params(params, mesh, config.mesh.fsdp_rules)
@@ -272,22 +273,12 @@ def _final_results(final: Validator, state, config: config_dict.ConfigDict, work
     return record
 
 
-def check_before_training(config: config_dict.ConfigDict, workdir: str) -> None:
-    """Fails fast, before any data is rendered or built and before anything compiles, on the user errors of the
-    command line: an unknown model or model override, an image size the model cannot take, a missing or unfitting
-    init_checkpoint, a workdir that cannot be created."""
-    model_config = get_model_config(config.model, **{"image_size": config.image_size, **config.model_overrides})
-    check_initial_checkpoint(model_config, config.init_checkpoint)
-    make_output_dir(workdir, "--workdir")
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = flags.FLAGS.config
     if config.distributed:
         jax.distributed.initialize()
-    check_before_training(config, flags.FLAGS.workdir)
     results = train_and_evaluate(config, flags.FLAGS.workdir)
     if results:  # the J&F of each evaluation, then the rest (steps, seeds) as results.json has it
         print(json.dumps({k: v["J&F"] if k in ("untrained", "trained") else v for k, v in results.items()}, indent=2))

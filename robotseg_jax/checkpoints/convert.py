@@ -271,15 +271,3 @@ def initial_params(config: SAM2Config, checkpoint: str | os.PathLike | None, see
     if isinstance(config, RobotSegConfig) and not any(_NEW_KEY.search(k) for k in state_dict):
         return init_from_sam2(state_dict, config, jax.random.key(seed), source=str(checkpoint))
     return torch_to_params(state_dict, config, source=str(checkpoint))
-
-
-def check_initial_checkpoint(config: SAM2Config, checkpoint: str | os.PathLike | None) -> None:
-    """Raises the CheckpointError that `initial_params(config, checkpoint, seed)` would raise, so that training can
-    fail on its checkpoint before it prepares data or compiles: a `.pt` file is read and matched against the model
-    (the cost of one more read), an orbax directory only has its `model.json` checked."""
-    if checkpoint is None:
-        return
-    if os.path.isdir(checkpoint):
-        _saved_model_name(checkpoint, config)
-        return
-    initial_params(config, checkpoint, seed=0)
