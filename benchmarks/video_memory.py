@@ -19,23 +19,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from PIL import Image
 
+from benchmarks.common import write_jpeg_video
 from robotseg_jax.inference import build_video_predictor
 from robotseg_jax.modeling.config import get_model_config
 from robotseg_jax.modeling.sam2 import SAM2Model
-
-
-def write_video(folder: str, frames: int, height: int, width: int) -> None:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:height, :width]
-    background = np.stack([xx, yy, xx + yy], -1) * (200.0 / (height + width)) + rng.normal(0, 10, (height, width, 3))
-    for t in range(frames):
-        frame = background.copy()
-        cx = width * (0.2 + 0.6 * (0.5 + 0.5 * np.sin(t / 20)))
-        frame[(xx - cx) ** 2 + (yy - height / 2) ** 2 < (height / 6) ** 2] = [230, 210, 60]
-        Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)).save(os.path.join(folder, f"{t:05d}.jpg"))
 
 
 def device_bytes() -> tuple[int, str]:
@@ -89,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
           f"backend {jax.default_backend()}")
     print(f"{'frames':>7} {'device MiB':>11} {'host RSS MiB':>13} {'stored outputs MiB':>19} {'frames/s':>9}")
     with tempfile.TemporaryDirectory() as folder:
-        write_video(folder, args.frames, height, width)
+        write_jpeg_video(folder, args.frames, height, width)
         state = predictor.init_state(folder)
         for i in range(args.objects):
             point = [[width * (0.2 + 0.6 * i / max(1, args.objects)), height / 2]]

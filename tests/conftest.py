@@ -53,3 +53,14 @@ def sam21_checkpoint(sam21_checkpoint_reference, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("sam21_checkpoint") / "sam2.1_hiera_t.pt"
     save_official_checkpoint(sam21_checkpoint_reference, path)
     return str(path)
+
+
+@pytest.fixture(params=["plain", "blocked"])
+def attention_path(request, monkeypatch):
+    """Runs a test with the model's attention as it runs at small sizes (plain) and in query blocks (blocked,
+    forced by a small block size), so that parity tests at test sizes also cover the path large images take."""
+    if request.param == "blocked":
+        from robotseg_jax.modeling import attention
+
+        monkeypatch.setattr(attention, "BLOCK_LOGITS", 4096)
+    return request.param

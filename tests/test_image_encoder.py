@@ -88,7 +88,7 @@ def hiera_t_encoder(sam21_reference):
 # odd stage-4 sizes (5x9), where the query-pooled windows are cropped back after unpartitioning.
 @pytest.mark.reference
 @pytest.mark.parametrize("shape", [(2, 256, 256, 3), (1, 160, 288, 3)])
-def test_image_encoder_matches_sam2(hiera_t_encoder, shape):
+def test_image_encoder_matches_sam2(hiera_t_encoder, shape, attention_path):
     reference, model, params = hiera_t_encoder
     images = random_images(shape)
     expected = reference(nhwc_to_nchw(images))

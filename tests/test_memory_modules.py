@@ -97,7 +97,7 @@ def _attention_inputs(rng, batch, num_memory_tokens):
 
 
 @pytest.mark.parametrize("num_frames,num_ptrs", [(1, 0), (3, 3)])
-def test_memory_attention_matches_reference(reference, memory_attention, num_frames, num_ptrs):
+def test_memory_attention_matches_reference(reference, memory_attention, num_frames, num_ptrs, attention_path):
     model, params = memory_attention
     num_ptr_tokens = num_ptrs * TOKENS_PER_PTR
     curr, memory, curr_pos, memory_pos = _attention_inputs(
@@ -111,7 +111,7 @@ def test_memory_attention_matches_reference(reference, memory_attention, num_fra
     assert max_abs_diff(out, ref) <= TOL
 
 
-def test_masked_fixed_capacity_memory_equals_reference_on_valid_entries(reference, memory_attention):
+def test_masked_fixed_capacity_memory_equals_reference_on_valid_entries(reference, memory_attention, attention_path):
     model, params = memory_attention
     num_slots, num_ptr_tokens = 4, 16
     rng = np.random.default_rng(2)
@@ -142,7 +142,7 @@ def test_masked_fixed_capacity_memory_equals_reference_on_valid_entries(referenc
         assert max_abs_diff(out[b : b + 1], ref) <= TOL
 
 
-def test_all_invalid_memory_gives_finite_output(memory_attention):
+def test_all_invalid_memory_gives_finite_output(memory_attention, attention_path):
     model, params = memory_attention
     curr, memory, curr_pos, memory_pos = _attention_inputs(np.random.default_rng(3), 1, 2 * N + 8)
     memory_mask = np.zeros(memory.shape[:2], dtype=bool)

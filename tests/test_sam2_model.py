@@ -107,7 +107,7 @@ def _run_jax(config, params, frames: torch.Tensor, click):
 
 @pytest.mark.reference
 @pytest.mark.parametrize("binarize", [False, True])
-def test_four_frame_chain_matches_reference(binarize):
+def test_four_frame_chain_matches_reference(binarize, attention_path):
     ref, config, params = _setup(binarize)
     frames, click = _frames(), (40.0, 70.0)
     ref_out = _run_reference(ref, frames, click)

@@ -40,6 +40,7 @@ def build_video_predictor(
     feature_cache_size: int = 4,
     frame_cache_size: int = 2,
     seed: int | None = None,
+    compute_dtype: str = "float32",
     **config_overrides,
 ) -> VideoPredictor:
     """sam2's `build_sam2_video_predictor`: the named model with the video-predictor settings (stability-based
@@ -61,6 +62,7 @@ def build_video_predictor(
         feature_cache_size=feature_cache_size,
         frame_cache_size=frame_cache_size,
         seed=seed,
+        compute_dtype=compute_dtype,
     )
 
 

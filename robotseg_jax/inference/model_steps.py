@@ -1,13 +1,17 @@
 """The compiled model calls the video predictor makes, one jitted function per kind of call.
 
 Shapes decide what compiles: a tracked frame with O objects and a memory capacity compiles once and serves
-every later frame (the memory bank is a fixed-capacity `MemoryInputs`). Prompted frames compile per click count
-and branch (initial conditioning frame or correction, with or without the previous logits), as sam2's
-behaviour depends on them. Objects are the vmapped axis of the tracking step: each object brings its own
-memory selection (its own conditioning frames), while the frame's image features are shared, unbatched.
+every frame of that capacity (the memory bank is a fixed-capacity `MemoryInputs`; the predictor uses a few).
+Prompted frames compile per click count and branch (initial conditioning frame or correction, with or without the
+previous logits), as sam2's behaviour depends on them. Objects are the mapped axis of the tracking step (vmapped
+on accelerators, a loop inside the program on a CPU): each object brings its own memory selection (its own
+conditioning frames), while the frame's image features are shared, unbatched.
 Every step takes the model's `RobotInputs` (the frame's model input, each object's category, an RPG key): a
 RobotSeg model uses them, SAM 2.1 does not, so the predictor drives both models the same way. Categories are
 data, so "no category" (-1) runs in the same programs.
+
+`compute_dtype` bfloat16 runs every program on a bfloat16 copy of the params and inputs (as sam2's examples run
+under `torch.autocast(dtype=torch.bfloat16)`); outputs come back as float32. float32 is the parity reference.
 """
 
 from __future__ import annotations
@@ -37,9 +41,12 @@ class PredictorStepOutputs:
 class ModelSteps:
     """Jitted `SAM2Model` / `RobotSegModel` calls bound to one set of params."""
 
-    def __init__(self, config: SAM2Config, params: dict):
+    def __init__(self, config: SAM2Config, params: dict, compute_dtype: str = "float32"):
         self.config = config
-        self._variables = {"params": params}
+        self.compute_dtype = jnp.dtype(compute_dtype)
+        if self.compute_dtype not in (jnp.float32, jnp.bfloat16):
+            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {compute_dtype!r}")
+        self.set_params(params)
         self._model = build_model(config)
         self._encode = jax.jit(self._encode_impl)
         self._track = jax.jit(self._track_impl)
@@ -49,7 +56,15 @@ class ModelSteps:
 
     def set_params(self, params: dict) -> None:
         """New weights of the same shapes (training's periodic validation): the compiled steps are reused."""
-        self._variables = {"params": params}
+        self._variables = {"params": self._cast(params)}
+
+    def _cast(self, tree):
+        """Floating leaves in the compute dtype (a no-op in float32)."""
+        return _cast_floating(tree, self.compute_dtype)
+
+    @staticmethod
+    def _float32(tree):
+        return _cast_floating(tree, jnp.float32)
 
     # Public calls take and return device arrays; the predictor moves results to the host.
     def encode_frame(self, image: jax.Array) -> BackboneFeatures:
@@ -94,19 +109,28 @@ class ModelSteps:
 
     # ------------------------------------------------------------------ jitted bodies
     def _encode_impl(self, variables, images):
-        return self._model.apply(variables, images, method=SAM2Model.forward_image)
+        return self._model.apply(variables, self._cast(images), method=SAM2Model.forward_image)
 
     def _track_step(self, variables, features, memory, prompts, robot, **kwargs) -> PredictorStepOutputs:
         """`track_step` of the model, reduced to what the predictor keeps."""
-        out = self._model.apply(variables, features, memory, prompts, robot, method="track_step", **kwargs)
-        return PredictorStepOutputs(out.pred_masks, out.obj_ptr, out.object_score_logits, out.maskmem_features)
+        inputs = self._cast((features, memory, prompts, robot, kwargs))
+        out = self._model.apply(variables, *inputs[:4], method="track_step", **inputs[4])
+        outputs = PredictorStepOutputs(out.pred_masks, out.obj_ptr, out.object_score_logits, out.maskmem_features)
+        return self._float32(outputs)
 
     def _track_impl(self, variables, features, memory, robot):
         one_object = lambda object_memory, object_robot: self._track_step(
             variables, features, object_memory, Prompts(), object_robot
         )
-        robot_axes = RobotInputs(image=None, category=0, rng=0)
-        per_object = jax.vmap(one_object, in_axes=(0, robot_axes))(memory, robot)  # leaves [O, 1, ...]
+        if jax.default_backend() == "cpu":
+            # XLA:CPU runs the objects one after another inside the step faster than batched: batched, each
+            # attention block holds every object's logits and no longer fits the caches (8 objects at 1024 px:
+            # 19.5 s vs 30.4 s per frame). Accelerators batch them.
+            per_object_inputs = (memory, robot.replace(image=None))
+            per_object = jax.lax.map(lambda x: one_object(x[0], x[1].replace(image=robot.image)), per_object_inputs)
+        else:
+            robot_axes = RobotInputs(image=None, category=0, rng=0)
+            per_object = jax.vmap(one_object, in_axes=(0, robot_axes))(memory, robot)  # leaves [O, 1, ...]
         return jax.tree.map(lambda x: x[:, 0], per_object)
 
     def _prompt_impl(self, variables, features, memory, prompts, prev_sam_mask_logits, robot, is_init_cond_frame):
@@ -124,12 +148,12 @@ class ModelSteps:
     def _memory_impl(self, variables, features, pred_masks, object_score_logits):
         size = (self.config.image_size, self.config.image_size)
         high_res = resize_bilinear_nchw(pred_masks.astype(jnp.float32), size)
-        return self._model.apply(
-            variables, features, high_res, object_score_logits, True, method=SAM2Model.encode_new_memory
-        )
+        inputs = self._cast((features, high_res, object_score_logits))
+        return self._float32(self._model.apply(variables, *inputs, True, method=SAM2Model.encode_new_memory))
 
     def _foreground_impl(self, variables, pred_masks):
-        return self._model.apply(variables, pred_masks, method="memory_foreground")  # a hook: dispatch by name
+        # a hook: dispatch by name; the foreground thresholds the logits, so they stay float32
+        return self._model.apply(variables, pred_masks, method="memory_foreground")
 
     def cache_sizes(self) -> dict[str, int]:
         """How many programs each call has compiled (for tests and benchmarks)."""
@@ -140,3 +164,9 @@ class ModelSteps:
             "encode_memory": self._memory._cache_size(),
             "memory_foreground": self._foreground._cache_size(),
         }
+
+
+def _cast_floating(tree, dtype):
+    """Floating array leaves of `tree` cast to `dtype`; everything else (ints, keys, Python flags) unchanged."""
+    is_float = lambda x: hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+    return jax.tree.map(lambda x: x.astype(dtype) if is_float(x) else x, tree)

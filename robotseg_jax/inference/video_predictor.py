@@ -7,8 +7,9 @@ things live and how they run:
 
 - Frames are decoded and resized on demand (video_io.py) and image features are cached for a few frames only;
   every per-frame output is kept on the host as numpy, so device memory stays flat however long the video is.
-- All objects are tracked in one compiled step, vmapped over objects, each with its own fixed-capacity memory
-  (model_steps.py); sam2 loops over objects. Results equal tracking each object alone.
+- All objects are tracked in one compiled step, mapped over objects, each with its own fixed-capacity memory
+  (model_steps.py); sam2 loops over objects. Results equal tracking each object alone. The capacity is the
+  smallest of a few sizes that holds the frame's memories, so a filling memory costs what it holds.
 - Outputs are numpy arrays `[O, 1, H, W]` of logits at the video resolution.
 
 Every step gets the model's `RobotInputs` (the frame's model input, a category per object, -1 here: none, and
@@ -61,6 +62,8 @@ class VideoPredictor:
         are kept.
     seed: the seed of every session's random draws (RobotSeg's RPG farthest-point-sampling starts): None draws a
         fresh one per session, as the unseeded original; an int makes every session reproducible.
+    compute_dtype: "float32" (the parity reference) or "bfloat16" (the model runs on a bfloat16 copy of the
+        params, as sam2 under `torch.autocast(dtype=torch.bfloat16)`; outputs are float32).
     """
 
     # Whether `add_new_mask` outputs are kept through propagation rather than re-tracked (RobotSeg's rule).
@@ -77,6 +80,7 @@ class VideoPredictor:
         feature_cache_size: int = 4,
         frame_cache_size: int = 2,
         seed: int | None = None,
+        compute_dtype: str = "float32",
     ):
         self.config = config
         self.image_size = config.image_size
@@ -87,7 +91,7 @@ class VideoPredictor:
         self.frame_cache_size = frame_cache_size
         self.memory_dtype = jnp.dtype(memory_dtype)
         self.seed = seed
-        self.steps = ModelSteps(config, params)
+        self.steps = ModelSteps(config, params, compute_dtype)
 
     def set_params(self, params: dict) -> None:
         """Swaps in new weights of the same shapes without recompiling (for validation during training). Open
@@ -398,23 +402,33 @@ class VideoPredictor:
         image = self._frame_inputs(state, frame_idx)[0]
         return RobotInputs(image, jnp.asarray(categories, jnp.int32)[:, None], jax.random.split(key, len(categories)))
 
-    def _memory_capacity(self, state: InferenceState) -> tuple[int, int]:
-        """Memory slots for the most conditioning frames any object has, rounded up to a power of two so that
-        adding conditioning frames rarely changes the compiled shapes."""
-        most = max([len(obj.cond_outputs) for obj in state.objects] + [1])
-        return memory_capacity(self.config, 1 << (most - 1).bit_length())
+    def _memories(
+        self, state: InferenceState, objects: Sequence[ObjectState], frame_idx: int, reverse: bool
+    ) -> list[MemoryInputs]:
+        """Each object's memory for tracking `frame_idx` (batch 1), chosen by sam2's rules and packed to one
+        capacity for all of them.
 
-    def _object_memory(
-        self, state: InferenceState, obj: ObjectState, frame_idx: int, reverse: bool, capacity: tuple[int, int]
-    ) -> MemoryInputs:
-        """The object's memory for tracking `frame_idx` (batch 1), chosen by sam2's rules, packed to `capacity`."""
-        selection = select_memory(
-            self.config, frame_idx, list(obj.cond_outputs), obj.non_cond_outputs.keys(), state.num_frames, reverse
-        )
+        Pointer slots hold the most conditioning frames any object has, rounded up to a power of two, so adding
+        conditioning frames rarely changes the compiled shapes. Spatial slots are the smallest of a few sizes
+        (powers of two, then the full bank) that holds every object's selection: a frame with one memory attends
+        over one slot, not seven, at the price of one compiled program per size.
+        """
+        most_cond = max([len(obj.cond_outputs) for obj in state.objects] + [1])
+        full_slots, pointer_slots = memory_capacity(self.config, 1 << (most_cond - 1).bit_length())
+        selections = [
+            select_memory(
+                self.config, frame_idx, list(obj.cond_outputs), obj.non_cond_outputs.keys(), state.num_frames, reverse
+            )
+            for obj in objects
+        ]
+        needed = max(len(selection.spatial) for selection in selections)
+        capacity = (min(1 << max(needed - 1, 0).bit_length(), full_slots), pointer_slots)
         emb = self.config.image_embedding_size
-        return pack_memory(
-            self.config, selection, lambda t: obj.memory_output(t).memory_entry(), capacity, (1, emb, emb)
-        )
+        return [
+            pack_memory(self.config, selection, lambda t, obj=obj: obj.memory_output(t).memory_entry(), capacity,
+                        (1, emb, emb))
+            for obj, selection in zip(objects, selections)
+        ]
 
     def _run_prompted_frame(
         self,
@@ -430,7 +444,7 @@ class VideoPredictor:
         mask_as_output = prompts.mask_inputs is not None and self.config.use_mask_input_as_output_without_sam
         memory = None
         if not (is_init_cond_frame or mask_as_output):
-            memory = self._object_memory(state, obj, frame_idx, reverse, self._memory_capacity(state))
+            (memory,) = self._memories(state, [obj], frame_idx, reverse)
         prev = None if prev_logits is None else jnp.asarray(prev_logits)
         features = self._image_features(state, frame_idx)
         robot = self._robot_inputs(state, frame_idx, [category])
@@ -441,9 +455,7 @@ class VideoPredictor:
     def _track_all_objects(
         self, state: InferenceState, frame_idx: int, reverse: bool, category: int
     ) -> PredictorStepOutputs:
-        capacity = self._memory_capacity(state)
-        memories = [self._object_memory(state, obj, frame_idx, reverse, capacity) for obj in state.objects]
-        memory = jax.tree.map(lambda *xs: jnp.stack(xs), *memories)
+        memory = jax.tree.map(lambda *xs: jnp.stack(xs), *self._memories(state, state.objects, frame_idx, reverse))
         robot = self._robot_inputs(state, frame_idx, [category] * len(state.objects))
         return self._to_host(state, self.steps.track_objects(self._image_features(state, frame_idx), memory, robot))
 

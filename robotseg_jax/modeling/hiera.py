@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robotseg_jax.modeling.attention import dot_product_attention
 from robotseg_jax.modeling.common import MLP, drop_path, gelu, layer_norm
 from robotseg_jax.modeling.config import HieraConfig
 
@@ -117,7 +118,8 @@ class MultiScaleAttention(nn.Module):
             q = max_pool(q.reshape(batch, height, width, -1), self.q_stride)
             height, width = q.shape[1:3]
             q = q.reshape(batch, height * width, self.num_heads, -1)
-        x = jax.nn.dot_product_attention(q, k, v)  # [batch, tokens, heads, head_dim] layout, scale 1/sqrt(head_dim)
+        heads_first = lambda t: t.transpose(0, 2, 1, 3)  # [batch, heads, tokens, head_dim]
+        x = heads_first(dot_product_attention(heads_first(q), heads_first(k), heads_first(v)))
         return nn.Dense(self.dim_out, name="proj")(x.reshape(batch, height, width, -1))
 
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robotseg_jax.modeling.attention import dot_product_attention
 from robotseg_jax.modeling.common import layer_norm
 
 
@@ -101,16 +102,10 @@ class RoPEAttention(nn.Module):
             k_rope = apply_rotary_enc(k[..., :num_k_rope, :], np.tile(cos, (repeats, 1)), np.tile(sin, (repeats, 1)))
             k = jnp.concatenate([k_rope, k[..., num_k_rope:, :]], axis=-2)
 
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(head_dim)
-        if key_mask is not None:
-            valid = key_mask[:, None, None, :]
-            # A finite fill keeps an all-invalid row NaN-free; zeroing after the softmax drops its uniform weights.
-            logits = jnp.where(valid, logits, jnp.finfo(logits.dtype).min)
-            probs = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0.0)
-        else:
-            probs = jax.nn.softmax(logits, axis=-1)
-        probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+        dropout = None
+        if not deterministic and self.dropout > 0:
+            dropout = lambda probs: nn.Dropout(self.dropout)(probs, deterministic=False)
+        out = dot_product_attention(q, k, v, key_mask, dropout)
         return nn.Dense(self.embedding_dim, name="out_proj")(self._recombine_heads(out))
 
     def _separate_heads(self, x: jax.Array) -> jax.Array:

@@ -3,7 +3,8 @@
 sam2 concatenates a variable number of memory frames and object pointers per frame, so a compiled step would
 retrace whenever that number changes. Here each frame leaves a `MemoryEntry`, and the memory of a tracked frame is
 packed into `MemoryInputs`: arrays of fixed capacity plus validity masks. Masked attention over the padded bank
-equals attention over the concatenation of the valid entries, so every tracked frame runs one compiled step.
+equals attention over the concatenation of the valid entries, so every tracked frame of a capacity runs one
+compiled step (the video predictor uses a few capacities, so that a frame with one memory attends over one slot).
 
 The rules of `SAM2Base._prepare_memory_conditioned_features` live here twice, for two callers:
 - `select_memory` + `pack_memory`: plain Python over frame indices, for the video predictor, whose frames and
