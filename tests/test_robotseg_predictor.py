@@ -79,9 +79,8 @@ def test_zero_click_segmentation_tracks_every_frame(predictor, video):
     for _, ids, logits in tracked:
         assert ids == ["arm"] and logits.shape == (1, 1, HEIGHT, WIDTH) and np.isfinite(logits).all()
     np.testing.assert_array_equal(tracked[0][2], first)  # the conditioning output is re-used
-    # frames 1-3 (1, 2 and 3 memories) ran the compiled steps of 1, 2 and 4 memory slots; RPG's memory
-    # foreground is stored with each output
-    assert predictor.steps.cache_sizes()["track_objects"] == 3
+    # every tracked frame ran one compiled step; RPG's memory foreground is stored with each output
+    assert predictor.steps.cache_sizes()["track_objects"] == 1
     obj = state.objects[0]
     for t in range(NUM_FRAMES):
         out = obj.memory_output(t)

@@ -250,16 +250,27 @@ def test_objects_tracked_together_equal_each_alone(predictor, video_dir):
 
 
 @pytest.mark.reference
-def test_propagation_compiles_one_tracking_step_per_memory_size(predictor):
+def test_propagation_compiles_one_tracking_step_per_memory_size(config, params, predictor):
     video = _synthetic_video(num_frames=9)  # memory fills from one frame to the full bank
-    state = predictor.init_state(video)
-    predictor.add_new_points_or_box(state, 0, "a", points=[[30, 40]], labels=[1])
-    predictor.add_new_points_or_box(state, 0, "b", box=[85, 5, 105, 35])
-    before = predictor.steps.cache_sizes()["track_objects"]  # the shared predictor has tracked other sessions
-    sizes = [predictor.steps.cache_sizes() for _ in predictor.propagate_in_video(state)]
-    # frames 1-4 hold 1, 2, 3, 4 memories (1, 2, 4, 4 slots); from frame 5 on the full bank (7 slots) serves all
-    assert all(s == sizes[5] for s in sizes[5:]), sizes
-    assert sizes[-1]["track_objects"] - before <= 4, sizes
+    bucketed = VideoPredictor(config, params, fill_hole_area=0, memory_dtype=jnp.float32, memory_buckets=True)
+    runs = {}
+    for name, p in (("full", predictor), ("bucketed", bucketed)):
+        state = p.init_state(video)
+        p.add_new_points_or_box(state, 0, "a", points=[[30, 40]], labels=[1])
+        p.add_new_points_or_box(state, 0, "b", box=[85, 5, 105, 35])
+        before = p.steps.cache_sizes()["track_objects"]  # the shared predictor has tracked other sessions
+        outputs, sizes = [], []
+        for _, _, logits in p.propagate_in_video(state):
+            outputs.append(logits)
+            sizes.append(p.steps.cache_sizes()["track_objects"] - before)
+        runs[name] = outputs, sizes
+    # at this small size the full bank is the default: one program however full the memory is
+    full_sizes = runs["full"][1][1:]
+    assert full_sizes == [full_sizes[0]] * 8 and full_sizes[0] <= 1 and predictor.memory_buckets is False
+    # buckets: frames 1-4 hold 1, 2, 3, 4 memories (1, 2, 4, 4 slots); from frame 5 on the full bank (7 slots)
+    assert runs["bucketed"][1][1:] == [1, 2, 3, 3, 4, 4, 4, 4], runs["bucketed"][1]
+    # masked empty slots change nothing but float round-off
+    assert max(max_abs_diff(a, b) for a, b in zip(runs["full"][0], runs["bucketed"][0])) <= 1e-5
 
 
 # ---------------------------------------------------------------------------------------------- post-processing

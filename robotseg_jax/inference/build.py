@@ -41,6 +41,7 @@ def build_video_predictor(
     frame_cache_size: int = 2,
     seed: int | None = None,
     compute_dtype: str = "float32",
+    memory_buckets: bool | None = None,
     **config_overrides,
 ) -> VideoPredictor:
     """sam2's `build_sam2_video_predictor`: the named model with the video-predictor settings (stability-based
@@ -63,6 +64,7 @@ def build_video_predictor(
         frame_cache_size=frame_cache_size,
         seed=seed,
         compute_dtype=compute_dtype,
+        memory_buckets=memory_buckets,
     )
 
 

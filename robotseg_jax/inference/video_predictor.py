@@ -49,6 +49,11 @@ from robotseg_jax.modeling.sam2 import NO_OBJ_SCORE, BackboneFeatures, Prompts, 
 NO_CATEGORY = -1
 
 
+# Tokens per memory slot from which `memory_buckets` is on by default: 32 x 32 (image_size 512; 4096 at 1024,
+# where frame 1 took 4.2 s over 7 slots and 2.2 s over 1 on the 2-core CPU, against about 2 s per extra compile).
+MIN_BUCKETED_SLOT_TOKENS = 1024
+
+
 class VideoPredictor:
     """Interactive video segmentation with sam2's `SAM2VideoPredictor` API.
 
@@ -64,6 +69,10 @@ class VideoPredictor:
         fresh one per session, as the unseeded original; an int makes every session reproducible.
     compute_dtype: "float32" (the parity reference) or "bfloat16" (the model runs on a bfloat16 copy of the
         params, as sam2 under `torch.autocast(dtype=torch.bfloat16)`; outputs are float32).
+    memory_buckets: pack a tracked frame's memory into the fewest of 1, 2, 4 or all slots that hold it (one
+        compiled program each) rather than always all. None: on when a memory slot holds at least
+        `MIN_BUCKETED_SLOT_TOKENS` tokens (image_size >= 512), where attending over empty slots costs more than
+        compiling three more programs; off below, as in tests and training's validation at small sizes.
     """
 
     # Whether `add_new_mask` outputs are kept through propagation rather than re-tracked (RobotSeg's rule).
@@ -81,6 +90,7 @@ class VideoPredictor:
         frame_cache_size: int = 2,
         seed: int | None = None,
         compute_dtype: str = "float32",
+        memory_buckets: bool | None = None,
     ):
         self.config = config
         self.image_size = config.image_size
@@ -92,6 +102,9 @@ class VideoPredictor:
         self.memory_dtype = jnp.dtype(memory_dtype)
         self.seed = seed
         self.steps = ModelSteps(config, params, compute_dtype)
+        if memory_buckets is None:
+            memory_buckets = config.image_embedding_size**2 >= MIN_BUCKETED_SLOT_TOKENS
+        self.memory_buckets = memory_buckets
 
     def set_params(self, params: dict) -> None:
         """Swaps in new weights of the same shapes without recompiling (for validation during training). Open
@@ -409,9 +422,9 @@ class VideoPredictor:
         capacity for all of them.
 
         Pointer slots hold the most conditioning frames any object has, rounded up to a power of two, so adding
-        conditioning frames rarely changes the compiled shapes. Spatial slots are the smallest of a few sizes
-        (powers of two, then the full bank) that holds every object's selection: a frame with one memory attends
-        over one slot, not seven, at the price of one compiled program per size.
+        conditioning frames rarely changes the compiled shapes. With `memory_buckets`, spatial slots are the
+        smallest of a few sizes (powers of two, then the full bank) that holds every object's selection: a frame
+        with one memory attends over one slot, not seven, at the price of one compiled program per size.
         """
         most_cond = max([len(obj.cond_outputs) for obj in state.objects] + [1])
         full_slots, pointer_slots = memory_capacity(self.config, 1 << (most_cond - 1).bit_length())
@@ -422,7 +435,8 @@ class VideoPredictor:
             for obj in objects
         ]
         needed = max(len(selection.spatial) for selection in selections)
-        capacity = (min(1 << max(needed - 1, 0).bit_length(), full_slots), pointer_slots)
+        spatial_slots = min(1 << max(needed - 1, 0).bit_length(), full_slots) if self.memory_buckets else full_slots
+        capacity = (spatial_slots, pointer_slots)
         emb = self.config.image_embedding_size
         return [
             pack_memory(self.config, selection, lambda t, obj=obj: obj.memory_output(t).memory_entry(), capacity,
