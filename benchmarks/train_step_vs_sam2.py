@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import converted_params, machine_line, markdown_table, matmul_gflops, median_seconds, ratio
+from benchmarks.train_step import synthetic_batch
 from robotseg_jax.modeling.config import REFERENCE_YAML, get_model_config
 from robotseg_jax.modeling.robotseg import build_model
 from robotseg_jax.training.optimizer import OptimizerConfig, make_optimizer
@@ -39,16 +40,6 @@ PROMPTS = PromptConfig(
     rand_frames_to_correct=False,
 )
 LR, WEIGHT_DECAY, GRAD_CLIP = 5e-6, 0.1, 0.1
-
-
-def synthetic_clips(batch: int, frames: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised-looking images [B, T, S, S, 3] float32 and one moving box per clip [B, T, S, S] bool."""
-    rng = np.random.default_rng(1)
-    masks = np.zeros((batch, frames, size, size), bool)
-    for t in range(frames):
-        masks[:, t, size // 4 + t : 3 * size // 4, size // 3 : 2 * size // 3] = True
-    images = rng.normal(size=(batch, frames, size, size, 3)).astype(np.float32)
-    return images, masks
 
 
 def reference_step(model_name: str, images: np.ndarray, masks: np.ndarray, autocast: bool):
@@ -148,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     args = parser.parse_args(argv)
 
-    images, masks = synthetic_clips(args.batch, args.frames, args.image_size)
+    clips = synthetic_batch(args.batch, args.frames, args.image_size)  # one moving box per clip
+    images, masks = np.asarray(clips["images"]), np.asarray(clips["masks"])
     torch_model, torch_run = reference_step(args.model, images, masks, args.dtype == "bfloat16")
     params = converted_params(torch_model, get_model_config(args.model, image_size=args.image_size))
     compile_seconds, jax_run, flops = jax_step(args.model, params, images, masks, args.dtype)

@@ -20,7 +20,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from robotseg_jax.modeling.common import resize_bilinear_nchw
+from robotseg_jax.modeling.common import cast_floating, resize_bilinear_nchw
 from robotseg_jax.modeling.config import SAM2Config
 from robotseg_jax.modeling.memory_bank import MemoryInputs
 from robotseg_jax.modeling.robotseg import build_model
@@ -60,11 +60,11 @@ class ModelSteps:
 
     def _cast(self, tree):
         """Floating leaves in the compute dtype (a no-op in float32)."""
-        return _cast_floating(tree, self.compute_dtype)
+        return cast_floating(tree, self.compute_dtype)
 
     @staticmethod
     def _float32(tree):
-        return _cast_floating(tree, jnp.float32)
+        return cast_floating(tree, jnp.float32)
 
     # Public calls take and return device arrays; the predictor moves results to the host.
     def encode_frame(self, image: jax.Array) -> BackboneFeatures:
@@ -164,9 +164,3 @@ class ModelSteps:
             "encode_memory": self._memory._cache_size(),
             "memory_foreground": self._foreground._cache_size(),
         }
-
-
-def _cast_floating(tree, dtype):
-    """Floating array leaves of `tree` cast to `dtype`; everything else (ints, keys, Python flags) unchanged."""
-    is_float = lambda x: hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
-    return jax.tree.map(lambda x: x.astype(dtype) if is_float(x) else x, tree)

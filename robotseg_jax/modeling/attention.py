@@ -58,28 +58,26 @@ def _query_block(num_q: int, keys_per_query: int) -> int:
 
 
 def _plain(q, k, v, key_mask, scale, dropout):
-    logits = _logits(q, k, scale)
+    probs = jax.nn.softmax(_masked_logits(q, k, key_mask, scale), axis=-1)
     if key_mask is not None:
-        valid = key_mask[:, None, None, :]
-        # A finite fill keeps an all-invalid row NaN-free; zeroing after the softmax drops its uniform weights.
-        logits = jnp.where(valid, logits, jnp.finfo(logits.dtype).min)
-        probs = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0.0)
-    else:
-        probs = jax.nn.softmax(logits, axis=-1)
+        probs = jnp.where(key_mask[:, None, None, :], probs, 0.0)  # drops an all-invalid row's uniform weights
     if dropout is not None:
         probs = dropout(probs)
     return jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v)
 
 
-def _logits(q, k, scale):
-    return jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+def _masked_logits(q, k, key_mask, scale):
+    """float32 `[B, H, T_q, T_k]` logits, invalid keys at the lowest finite value (finite: an all-invalid row
+    stays NaN-free; the callers zero its weights after the exponential)."""
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if key_mask is None:
+        return logits
+    return jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
 
 
 def _normalised_after_values(q, k, v, key_mask, scale):
     """One query block: exp(logits - row max) times v, divided by the row sums afterwards."""
-    logits = _logits(q, k, scale)
-    if key_mask is not None:
-        logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    logits = _masked_logits(q, k, key_mask, scale)
     weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
     if key_mask is not None:
         weights = jnp.where(key_mask[:, None, None, :], weights, 0.0)

@@ -93,3 +93,9 @@ def drop_path(x: jax.Array, rate: float, deterministic: bool, rng: jax.Array | N
     keep = 1.0 - rate
     mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / keep, 0.0)
+
+
+def cast_floating(tree, dtype):
+    """Floating array leaves of `tree` cast to `dtype`; everything else (ints, keys, Python flags) unchanged."""
+    is_float = lambda x: hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+    return jax.tree.map(lambda x: x.astype(dtype) if is_float(x) else x, tree)

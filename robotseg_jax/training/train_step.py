@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from robotseg_jax.modeling.common import cast_floating
 from robotseg_jax.modeling.edges import laplacian_structure_target
 from robotseg_jax.modeling.sam2 import SAM2Model
 from robotseg_jax.training.clip_forward import StageOutputs, track_clip
@@ -83,7 +84,7 @@ def clip_loss(
     every per-object term is divided by.
     """
     dtype = jnp.dtype(config.compute_dtype)
-    compute_params = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+    compute_params = cast_floating(params, dtype)
     stages: list[StageOutputs] = track_clip(
         model, compute_params, batch["images"].astype(dtype), batch["masks"], batch["category"], plan, from_gt, rng,
         unroll=config.unroll_stages,
