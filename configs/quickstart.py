@@ -8,6 +8,10 @@ builds it as TFDS, evaluates the untrained model, trains the full robotseg_hiera
 overlay.gif, TensorBoard logs and the trained params (<workdir>/params, loadable by evaluate/predict/convert
 with --config.image_size=128 / --image-size 128). VRS-Sim's exact masks stand in for DINOv3 pseudo masks.
 Everything not set here is configs/robotseg_hiera_t.py.
+
+`configs/quickstart.py:tiny` is the same run at test size, seconds per step on a CPU: 64 px, 2-frame clips, 4
+Hiera blocks (one global) and a narrower memory-attention MLP, robot prompts only, a checkpoint and a log line
+every step, no evaluation (the multi-process tests and benchmarks/scaling.py use it).
 """
 
 from ml_collections import config_dict
@@ -15,7 +19,7 @@ from ml_collections import config_dict
 from configs import robotseg_hiera_t
 
 
-def get_config() -> config_dict.ConfigDict:
+def get_config(variant: str | None = None) -> config_dict.ConfigDict:
     c = robotseg_hiera_t.get_config()
     c.image_size = 128
     c.model_overrides.hiera_drop_path_rate = 0.0
@@ -59,4 +63,27 @@ def get_config() -> config_dict.ConfigDict:
     c.final_eval.settings = "AU"
     c.final_eval.categories = "robot"
     c.final_eval.compare_untrained = True
+    if variant == "tiny":
+        _tiny(c)
+    elif variant:
+        raise ValueError(f"configs/quickstart.py:{variant}: the only variant is 'tiny'")
     return c
+
+
+def _tiny(c: config_dict.ConfigDict) -> None:
+    c.image_size = 64
+    c.model_overrides.hiera_stages = (1, 1, 1, 1)
+    c.model_overrides.hiera_global_att_blocks = (2,)
+    c.model_overrides.mem_attn_dim_feedforward = 256
+    c.data.sampler = "uniform"
+    c.data.num_frames = 2
+    c.data.sim.videos = 6
+    c.data.sim.frames = 4
+    c.data.sim.size = 64
+    c.prompts.prob_robot = 1.0
+    c.prompts.prob_point = 0.0
+    c.total_steps = 20
+    c.checkpoint_every_steps = 1
+    c.log_every_steps = 1
+    c.eval.every_steps = 0
+    c.final_eval.enabled = False

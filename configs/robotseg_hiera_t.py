@@ -89,6 +89,14 @@ def get_config() -> config_dict.ConfigDict:
     c.final_eval.max_videos = config_dict.placeholder(int)  # None: all
     c.final_eval.compare_untrained = False  # also evaluate the starting params
     c.max_consecutive_skips = 100  # non-finite steps in a row before the run stops as diverged
+    c.metrics_lag_steps = 1  # the host fetches each step's metrics this many steps late (0: waits every step)
     c.compilation_cache_dir = config_dict.placeholder(str)
-    c.distributed = False  # jax.distributed.initialize() for multi-host (TPU pods, multi-node GPU)
+    # JAX's multi-process runtime (robotseg_jax/distributed.py). "auto": started when the environment is a
+    # multi-process launch (the explicit values below or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    # JAX_PROCESS_ID, Slurm with several tasks, a multi-host TPU slice); "on": always; "off": never.
+    c.distributed = config_dict.ConfigDict()
+    c.distributed.mode = "auto"
+    c.distributed.coordinator_address = config_dict.placeholder(str)  # host:port of process 0
+    c.distributed.num_processes = config_dict.placeholder(int)
+    c.distributed.process_id = config_dict.placeholder(int)
     return c

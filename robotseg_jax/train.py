@@ -8,7 +8,14 @@ mesh -> input -> model/optimizer -> shardings -> jitted step -> checkpoints -> e
 workdir resumes from the latest checkpoint (state and data iterator); SIGTERM saves and exits cleanly. Writes
 TensorBoard events and `metrics` logs to the workdir, validation PNGs under `<workdir>/eval/<step>`, and with
 `final_eval` also `<workdir>/results.json`, `<workdir>/overlay.gif` and the trained params as an orbax checkpoint
-`<workdir>/params` that `evaluate`, `predict` and `convert --to-torch` load.
+`<workdir>/params` that `evaluate`, `predict` and `convert --to-torch` load. `<workdir>/train_finished.json`
+marks a run that reached its last step (a preempted run exits with status 0 too).
+
+On a pod or a multi-node GPU job every host runs this same command (launch/): JAX's multi-process runtime starts
+when the environment has one (robotseg_jax/distributed.py), each process loads its part of every global batch, and
+the step runs on the mesh of all processes' devices. Process 0 writes the summaries, images and results; all
+processes take part in checkpointing and validation. SIGTERM on any process makes all of them save the same step
+(JAX's preemption sync point) and exit.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from absl import app, flags, logging
 from clu import metric_writers, periodic_actions
 from ml_collections import config_dict, config_flags
 
-from robotseg_jax import cli
+from robotseg_jax import cli, distributed
 from robotseg_jax.checkpoints.convert import initial_params, save_params
 from robotseg_jax.config_sections import dataclass_from_config
 from robotseg_jax.errors import ConfigValueError, make_output_dir
@@ -41,6 +48,7 @@ from robotseg_jax.training.optimizer import (
     make_optimizer,
 )
 from robotseg_jax.training.prompts import PromptConfig, draw_prompts
+from robotseg_jax.training.step_metrics import StepMetrics
 from robotseg_jax.training.train_step import StepConfig, init_train_state, train_step
 from robotseg_jax.training.validation import Validator
 
@@ -48,9 +56,7 @@ config_flags.DEFINE_config_file("config", None, "an ml_collections config file (
 flags.DEFINE_string("workdir", None, "checkpoints, logs and results go here; rerunning resumes")
 flags.mark_flags_as_required(["config", "workdir"])
 
-
-class DivergedError(RuntimeError):
-    """Too many consecutive steps with a non-finite loss or gradient."""
+FINISHED_FILE = "train_finished.json"
 
 
 def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
@@ -116,32 +122,36 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
     hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)]
     if config.profile_steps and jax.process_index() == 0:
         hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps, logdir=workdir))
-    preempted = _sigterm_flag()
+    # Several processes must stop at the same step: JAX's preemption notifier catches SIGTERM and
+    # `reached_preemption` agrees on the step; a Python handler would take the signal from it.
+    preempted = (lambda: False) if jax.distributed.is_initialized() else _sigterm_flag()
     checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
     logging.info("training %s from step %d to %d (%d steps per epoch)", config.model, first_step, total_steps,
                  steps_per_epoch)
 
-    window: list[dict] = []
-    consecutive_skips = 0
+    step_metrics = StepMetrics(config.metrics_lag_steps, config.max_consecutive_skips)
+    compiled_steps: dict = {}  # (prompt plan, batch shape) -> the compiled step
     step = first_step
     while step < total_steps:
         batch = next(train_iter)
         # The prompt structure of step k is a function of (seed, k): a resumed run draws the same prompts.
         plan, from_gt = draw_prompts(np.random.default_rng([config.seed, step]), prompt_config,
                                      batch["images"].shape[1])
+        global_batch, from_gt = inputs.to_global(batch, mesh), jnp.asarray(from_gt)
+        key = (plan, global_batch["images"].shape)
+        if key not in compiled_steps:
+            compiled_steps[key] = step_fn.lower(state, global_batch, from_gt, plan).compile()
+            # Processes finish compiling at different times (a persistent-cache hit on one, a miss on another);
+            # the step's first collective should not be where they wait for each other.
+            distributed.barrier("step compiled")
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            state, metrics = step_fn(state, inputs.to_global(batch, mesh), jnp.asarray(from_gt), plan)
+            state, metrics = compiled_steps[key](state, global_batch, from_gt)
         step += 1
-        metrics = jax.device_get(metrics)
-        window.append(metrics)
-        consecutive_skips = consecutive_skips + 1 if metrics["skipped"] else 0
-        if consecutive_skips >= config.max_consecutive_skips:
-            raise DivergedError(f"{consecutive_skips} consecutive steps had a non-finite loss or gradient (step {step})")
+        step_metrics.add(step, metrics)
         for hook in hooks:
             hook(step)
         if step % config.log_every_steps == 0 or step == total_steps:
-            writer.write_scalars(step, _summarise(window, state, optimizer_config))
-            window = []
+            writer.write_scalars(step, _summarise(step_metrics.take_all(), state, optimizer_config))
         val_jf = None
         if validator is not None and (step % eval_every == 0 or step == total_steps):
             val_jf = _validate(validator, state, writer, workdir, step)
@@ -150,11 +160,15 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
             checkpoints.save(step, state, train_iter, val_jf, force=stop)
         if stop:
             logging.warning("stopping at step %d on a preemption signal; rerun with the same workdir to resume", step)
+            step_metrics.take_all()  # the divergence check of the steps not yet fetched
             checkpoints.wait()
             writer.flush()
             return results
 
     checkpoints.wait()
+    if jax.process_index() == 0:  # launchers tell a finished run from a preempted one by this file
+        with open(os.path.join(workdir, FINISHED_FILE), "w") as f:
+            json.dump({"step": step}, f)
     if final is not None and step == total_steps:
         results["trained"] = _final_results(final, state, config, workdir)
         results["steps"] = total_steps
@@ -222,7 +236,8 @@ def _validate(validator: Validator, state, writer, workdir: str, step: int) -> f
     out_dir = os.path.join(workdir, "eval", str(step))
     metrics, _ = validator.run(state.params, out_dir)
     writer.write_scalars(step, {f"val/{k}": v for k, v in metrics.items()})
-    writer.write_images(step, {"val/overlay": validator.overlay_frames(out_dir)})
+    if jax.process_index() == 0:
+        writer.write_images(step, {"val/overlay": validator.overlay_frames(out_dir)})
     logging.info("step %d validation J&F %.2f", step, metrics["J&F"])
     return metrics["J&F"]
 
@@ -267,9 +282,10 @@ def _final_results(final: Validator, state, config: config_dict.ConfigDict, work
     start = time.perf_counter()
     record = _evaluation_record(final, state.params, out_dir)
     record["seconds"] = time.perf_counter() - start
+    params = distributed.host_copy(state.params)
     if jax.process_index() == 0:
         write_gif(final.overlay_frames(out_dir, max_frames=64), os.path.join(workdir, "overlay.gif"))
-        save_params(os.path.join(workdir, "params"), jax.device_get(state.params), config.model)
+        save_params(os.path.join(workdir, "params"), params, config.model)
     return record
 
 
@@ -277,8 +293,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = flags.FLAGS.config
-    if config.distributed:
-        jax.distributed.initialize()
+    launch = distributed.initialize(config.distributed)
+    if launch is not None:
+        logging.info("process %d of %d (%s launch), %d of %d devices here", jax.process_index(),
+                     jax.process_count(), launch.source, jax.local_device_count(), jax.device_count())
     results = train_and_evaluate(config, flags.FLAGS.workdir)
     if results:  # the J&F of each evaluation, then the rest (steps, seeds) as results.json has it
         print(json.dumps({k: v["J&F"] if k in ("untrained", "trained") else v for k, v in results.items()}, indent=2))

@@ -64,3 +64,21 @@ def attention_path(request, monkeypatch):
 
         monkeypatch.setattr(attention, "BLOCK_LOGITS", 4096)
     return request.param
+
+
+@pytest.fixture(scope="module")
+def sim_data(tmp_path_factory):
+    """A tiny VRS-Sim TFDS dataset (6 videos of 4 frames at 64 px, all embodiments in train), as the `data`
+    section of a training config."""
+    from ml_collections import config_dict
+
+    from robotseg_jax.training import inputs
+
+    root = tmp_path_factory.mktemp("sim")
+    data = config_dict.ConfigDict(
+        {"name": "vrs_sim", "data_dir": str(root / "tfds"),
+         "sim": {"out": str(root / "layout"), "videos": 6, "frames": 4, "size": 64, "seed": 0,
+                 "holdout_embodiment": None, "workers": 1}}
+    )
+    inputs.ensure_dataset(data, log=lambda _: None)
+    return data

@@ -57,3 +57,11 @@ def test_unknown_keys_are_errors():
     config.let_loss.weight_mask = 5.0  # the cycle terms' weights live in let_loss.cycle
     with pytest.raises(ValueError, match="weight_mask"):
         dataclass_from_config(LETLossConfig, config.let_loss)
+
+
+def test_the_tiny_quickstart_is_the_quickstart_at_test_size():
+    tiny, full = quickstart.get_config("tiny"), quickstart.get_config()
+    assert (tiny.image_size, tiny.data.num_frames, tiny.model_overrides.hiera_stages) == (64, 2, (1, 1, 1, 1))
+    assert (tiny.model, tiny.data.batch_size, tiny.optimizer) == (full.model, full.data.batch_size, full.optimizer)
+    with pytest.raises(ValueError, match="the only variant is 'tiny'"):
+        quickstart.get_config("huge")

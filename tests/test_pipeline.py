@@ -332,7 +332,7 @@ def test_mixing_interleaves_whole_epochs_in_the_same_order(tiny_vrs):
 
 
 def test_shards_split_each_epoch_disjointly_and_reshuffle_per_epoch(tiny_vrs):
-    source = pipeline.ClipSource(tiny_vrs[1], UniformSampler(1), 1, "mask_gt")  # every frame labelled: no retries
+    source = pipeline.ClipSource(tiny_vrs[1], UniformSampler(1), 2, "mask_gt")  # every frame labelled: no retries
 
     def epochs(shard_index):
         dataset = pipeline.make_train_dataset(
@@ -346,9 +346,33 @@ def test_shards_split_each_epoch_disjointly_and_reshuffle_per_epoch(tiny_vrs):
     assert first0 != second0
 
 
+def test_a_global_batch_is_the_same_for_any_number_of_processes(tiny_vrs):
+    """Each of 2 processes holds its half of every global batch: together they are the 1-process batches, clip
+    sampling and augmentation included, over two epochs (the reshuffle) with the image source mixed in."""
+
+    def batches(shard_index, shard_count):
+        dataset = pipeline.make_train_dataset(
+            let_source(tiny_vrs, batch_size=4), image_source(tiny_vrs, batch_size=4), image_size=16, seed=3,
+            shard_index=shard_index, shard_count=shard_count,
+        )
+        return [dataset[k] for k in range(8)]
+
+    single, first, second = batches(0, 1), batches(0, 2), batches(1, 2)
+    assert {b["images"].shape[1] for b in single} == {1, 7}  # both sources appear
+    for whole, half0, half1 in zip(single, first, second):
+        assert half0["images"].shape[0] == 2
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([half0[key], half1[key]]), whole[key], err_msg=key)
+
+
 def test_too_few_samples_for_a_batch_is_an_error(tiny_vrs):
-    with pytest.raises(ValueError, match="fewer than the batch size 6"):
-        pipeline.make_train_dataset(let_source(tiny_vrs, batch_size=6), shard_index=0, shard_count=2)
+    with pytest.raises(ValueError, match="fewer than the batch size 12"):
+        pipeline.make_train_dataset(let_source(tiny_vrs, batch_size=12), shard_index=0, shard_count=2)
+
+
+def test_a_batch_the_processes_do_not_split_evenly_is_an_error(tiny_vrs):
+    with pytest.raises(ValueError, match="batch size 3 must be a multiple of the 2 processes"):
+        pipeline.make_train_dataset(let_source(tiny_vrs, batch_size=3), shard_index=0, shard_count=2)
 
 
 def test_videos_too_short_for_the_sampler_are_an_error(tiny_vrs):

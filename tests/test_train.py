@@ -5,47 +5,30 @@ step at a reduced size.
 The sharded step on 8 simulated devices is in test_train_sharded.py (it needs its own process)."""
 
 import functools
-import glob
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ml_collections import config_dict
 
 from configs import quickstart, robotseg_hiera_t, sam2_1_hiera_t_finetune
 from robotseg_jax.checkpoints.convert import initial_params
 from robotseg_jax.modeling.config import get_model_config
 from robotseg_jax.modeling.robotseg import build_model
 from robotseg_jax.train import train_and_evaluate
-from robotseg_jax.training import inputs
 from robotseg_jax.training.optimizer import OptimizerConfig, make_optimizer
 from robotseg_jax.training.prompts import ROBOTSEG, PromptPlan, draw_prompts
 from robotseg_jax.training.train_step import StepConfig, init_train_state, train_step
+from tests.train_runs import REPO, logged, train_command
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
 # Each test here takes several GB of RAM: under xdist one worker runs them in sequence (pyproject's loadgroup).
 pytestmark = pytest.mark.xdist_group("training")
-
-
-@pytest.fixture(scope="module")
-def sim_data(tmp_path_factory):
-    """A tiny VRS-Sim TFDS dataset (6 videos of 4 frames at 64 px, all embodiments in train)."""
-    root = tmp_path_factory.mktemp("sim")
-    data = config_dict.ConfigDict(
-        {"name": "vrs_sim", "data_dir": str(root / "tfds"),
-         "sim": {"out": str(root / "layout"), "videos": 6, "frames": 4, "size": SIZE, "seed": 0,
-                 "holdout_embodiment": None, "workers": 1}}
-    )
-    inputs.ensure_dataset(data, log=lambda _: None)
-    return data
 
 
 def _overrides(sim_data, workdir, cache, total_steps=4) -> list[str]:
@@ -68,36 +51,18 @@ def _overrides(sim_data, workdir, cache, total_steps=4) -> list[str]:
     ]
 
 
-def _train_command(workdir, overrides) -> list[str]:
-    config = os.path.join(REPO, "configs", "quickstart.py")
-    return [sys.executable, "-m", "robotseg_jax.train", f"--config={config}", f"--workdir={workdir}", *overrides]
-
-
-def _losses(workdir, tag="train/core_loss") -> dict[int, float]:
-    """The last logged value of `tag` at every step in the run's TensorBoard events."""
-    import tensorflow as tf
-
-    losses = {}
-    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")), key=os.path.getmtime):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    losses[event.step] = float(tf.make_ndarray(value.tensor))
-    return losses
-
-
-def test_resume_after_sigterm_repeats_the_uninterrupted_losses(sim_data, tmp_path):
+def test_resume_after_sigterm_repeats_the_uninterruptedlogged(sim_data, tmp_path):
     cache = tmp_path / "jax_cache"
     env = {**os.environ, "PYTHONPATH": REPO}
     full = tmp_path / "full"
-    subprocess.run(_train_command(full, _overrides(sim_data, full, cache)), check=True, cwd=REPO, env=env,
+    subprocess.run(train_command(full, _overrides(sim_data, full, cache)), check=True, cwd=REPO, env=env,
                    capture_output=True)
-    expected = _losses(full)
+    expected = logged(full)
     assert sorted(expected) == [1, 2, 3, 4]
     assert sorted(os.listdir(full / "checkpoints")) == ["3", "4"]  # keep_checkpoints=2, the command-line override
 
     interrupted = tmp_path / "interrupted"
-    command = _train_command(interrupted, _overrides(sim_data, interrupted, cache))
+    command = train_command(interrupted, _overrides(sim_data, interrupted, cache))
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not (interrupted / "checkpoints" / "1").is_dir() and time.time() < deadline and process.poll() is None:
@@ -110,7 +75,7 @@ def test_resume_after_sigterm_repeats_the_uninterrupted_losses(sim_data, tmp_pat
     assert b"preemption signal" in stderr
 
     subprocess.run(command, check=True, cwd=REPO, env=env, capture_output=True)
-    resumed = _losses(interrupted)
+    resumed = logged(interrupted)
     assert sorted(resumed) == [1, 2, 3, 4]
     np.testing.assert_allclose([resumed[s] for s in range(1, 5)], [expected[s] for s in range(1, 5)], rtol=1e-5)
 
@@ -140,7 +105,7 @@ def test_a_seeded_run_repeats_its_evaluation_exactly(tmp_path):
     env = {**os.environ, "PYTHONPATH": REPO}
     results, printed = [], []
     for name in ("first", "second"):
-        run = subprocess.run(_train_command(tmp_path / name, overrides), cwd=REPO, env=env, capture_output=True)
+        run = subprocess.run(train_command(tmp_path / name, overrides), cwd=REPO, env=env, capture_output=True)
         assert run.returncode == 0, run.stderr.decode()[-3000:]
         printed.append(json.loads(run.stdout.decode()[run.stdout.decode().index("{"):]))
         with open(tmp_path / name / "results.json") as f:
@@ -213,7 +178,7 @@ def test_paper_config_runs_one_step_at_reduced_size(sim_data, tmp_path):
     config.eval.every_steps = 0
     train_and_evaluate(config, str(tmp_path))
     assert os.listdir(tmp_path / "checkpoints") == ["1"]
-    assert np.isfinite(_losses(tmp_path)[1]) and _losses(tmp_path, "train/skipped")[1] == 0.0
+    assert np.isfinite(logged(tmp_path)[1]) and logged(tmp_path, "train/skipped")[1] == 0.0
     # The SAM 2.1 fine-tuning baseline's settings build the same way.
     baseline = sam2_1_hiera_t_finetune.get_config()
     assert baseline.loss == "sam2" and baseline.data.num_frames == 8

@@ -82,7 +82,7 @@ class LayoutVideos:
 
 class TfdsVideos:
     """The videos of a built `vrs` / `vrs_sim` TFDS split (`vrs_tfds.open_split`). A video's JPEGs are decoded
-    when it is reached; its GT PNGs when a category asks for them."""
+    when it is loaded (or one frame read); its GT PNGs when a category asks for them."""
 
     def __init__(self, name: str, split: str, data_dir: str | None):
         from robotseg_jax.data import vrs_tfds
@@ -101,7 +101,6 @@ class TfdsVideos:
 
         for index in range(len(self.source)):
             example = self.source[index]
-            frames = np.stack([decode_frame(data) for data in example["frames"]])
 
             def read_gt(category: str, tracks=example[GT_MASK_DIR]) -> dict[int, np.ndarray]:
                 track = tracks[category]
@@ -113,8 +112,8 @@ class TfdsVideos:
                 folder=_text(example["name"]),
                 embodiment=_text(example["embodiment"]),
                 frame_ids=[int(i) for i in example["frame_ids"]],
-                load=lambda frames=frames: frames,
-                read_frame=lambda i, frames=frames: frames[i],
+                load=lambda encoded=example["frames"]: np.stack([decode_frame(data) for data in encoded]),
+                read_frame=lambda i, encoded=example["frames"]: decode_frame(encoded[i]),
                 read_gt=read_gt,
             )
 

@@ -3,10 +3,14 @@ clips -> augmentation -> batches, optionally mixed with a 1-frame image source (
 
 Per source:
     MapDataset.source(pairs).seed(seed).shuffle()      every (video, category) pair with a label is one sample
-    -> this process's shard                             equal-sized, so every process sees the same number of batches
     -> random clip (ClipSampler; a pair whose first frame is empty is replaced by a random other pair, as sam2's
        VOSDataset does)
-    -> augmentation (augment.py) -> batch (drop_remainder) -> repeat
+    -> augmentation (augment.py)
+    -> this process's part of every global batch       global batch k is samples [k*B, (k+1)*B) of the epoch; process
+                                                        i of n holds its positions [i*B/n, (i+1)*B/n)
+    -> batch of B/n (drop_remainder) -> repeat
+Randomness is drawn per sample from its position in the epoch, before the split into processes, so a global batch
+is the same whatever the number of processes: a run on a pod trains on exactly the batches of a 1-process run.
 With two sources, each epoch interleaves all batches of both in the order of sam2's MixedDataLoader: draw a source
 with probability proportional to floor(len/batch_size), drop it once exhausted; the draw is re-seeded with the same
 seed every epoch, as the original re-seeds to 42. A batch comes from one source, so its shapes depend on the source:
@@ -52,7 +56,8 @@ MAX_SAMPLE_RETRIES = samplers.MAX_RETRIES
 @dataclasses.dataclass(frozen=True)
 class ClipSource:
     """One split of video examples (vrs_tfds features, frames and masks encoded, e.g. `vrs_tfds.open_split`),
-    how clips are drawn from it, its batch size and the masks it trains on (`constants.PSEUDO_MASK_DIR` for LET)."""
+    how clips are drawn from it, its global batch size (over all processes) and the masks it trains on
+    (`constants.PSEUDO_MASK_DIR` for LET)."""
 
     videos: Sequence[Mapping[str, Any]]
     sampler: samplers.ClipSampler
@@ -137,7 +142,7 @@ def make_train_dataset(
     ]
     if len(per_source) == 1:
         return per_source[0][0].repeat()
-    # sam2's mixing weights use the global dataset sizes; the epoch ends when every local loader is exhausted.
+    # sam2's mixing weights: the number of global batches of each source; the epoch ends when all are exhausted.
     weights = [num_pairs // s.batch_size for (_, num_pairs), s in zip(per_source, sources)]
     schedule = _MixingSchedule(weights, [len(batches) for batches, _ in per_source], mixing_seed)
     return grain.MapDataset.select_from_datasets([batches.repeat() for batches, _ in per_source], schedule)
@@ -156,20 +161,46 @@ def video_category_pairs(videos: Sequence[Mapping[str, Any]], mask_dir: str) -> 
 def _source_batches(
     source: ClipSource, *, seed: int, image_size: int, augment: bool, shard_index: int, shard_count: int
 ) -> tuple[grain.MapDataset, int]:
-    """One epoch of this shard's batches of `source`, and the source's global number of samples."""
+    """One epoch of this process's part of `source`'s global batches, and the source's number of samples."""
     pairs = source.pairs
-    per_shard = len(pairs) // shard_count
-    if per_shard < source.batch_size:
+    if source.batch_size % shard_count:
+        raise ValueError(f"the batch size {source.batch_size} must be a multiple of the {shard_count} processes")
+    num_batches = len(pairs) // source.batch_size
+    if num_batches == 0:
         raise ValueError(
-            f"{len(pairs)} labelled (video, category) samples in {source.mask_dir} give {per_shard} per shard "
-            f"({shard_count} shards), fewer than the batch size {source.batch_size}"
+            f"{len(pairs)} labelled (video, category) samples in {source.mask_dir} are fewer than the batch size "
+            f"{source.batch_size}"
         )
     samples = grain.MapDataset.source(pairs).seed(seed).shuffle()
-    # Cut to a multiple of the shard count so that every process has the same number of batches per epoch.
-    samples = samples[: per_shard * shard_count][shard_index::shard_count]
     clips = samples.random_map(_SampleClip(source.videos, pairs, source.sampler, source.mask_dir))
     clips = clips.random_map(_AugmentClip(augment_lib.AugmentConfig(image_size=image_size), augment))
-    return clips.batch(source.batch_size, drop_remainder=True), len(pairs)
+    local = _ProcessPart(clips[: num_batches * source.batch_size], source.batch_size, shard_index, shard_count)
+    return local.batch(source.batch_size // shard_count, drop_remainder=True), len(pairs)
+
+
+class _ProcessPart(grain.MapDataset):
+    """Process `index` of `count`'s elements of a dataset cut into global batches of `global_batch`: positions
+    [index*b, (index+1)*b) of each, b = global_batch // count, in order. Indices past the end continue into the
+    parent's next epoch, as grain's slices do (so `repeat` reshuffles every epoch)."""
+
+    def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
+        super().__init__(parent)
+        self._global_batch, self._local_batch = global_batch, global_batch // count
+        self._offset = index * self._local_batch
+        self._length = len(parent) // global_batch * self._local_batch
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, position = divmod(index, self._length)
+        batch, within = divmod(position, self._local_batch)
+        return self._parent[epoch * len(self._parent) + batch * self._global_batch + self._offset + within]
+
+    def __str__(self) -> str:
+        return f"_ProcessPart(global_batch={self._global_batch}, offset={self._offset})"
 
 
 def _use_default_flags_if_unparsed() -> None:

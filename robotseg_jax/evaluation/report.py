@@ -62,6 +62,39 @@ class EvalResults:
     def embodiment_names(self) -> list[str]:
         return sorted(set(self.embodiments.values()))
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (`from_json` reads it back): to collect the results of several processes."""
+        return {
+            "settings": self.settings,
+            "categories": self.categories,
+            "scores": [[s, c, {v: [x.j, x.f] for v, x in per_video.items()}] for (s, c), per_video in self.scores.items()],
+            "embodiments": self.embodiments,
+            "unavailable": self.unavailable,
+            "skipped": self.skipped,
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> EvalResults:
+        scores = {(s, c): {v: Score(*jf) for v, jf in per_video.items()} for s, c, per_video in document["scores"]}
+        return cls(
+            list(document["settings"]), list(document["categories"]), scores, dict(document["embodiments"]),
+            dict(document["unavailable"]), list(document["skipped"]),
+        )
+
+    @classmethod
+    def merged(cls, parts: list[EvalResults], video_order: list[str]) -> EvalResults:
+        """The results of disjoint sets of videos (one per process) as one, videos in `video_order` (the means
+        over videos then add in the same order as a single run's)."""
+        rank = {name: i for i, name in enumerate(video_order)}
+        merged = cls(parts[0].settings, parts[0].categories, unavailable=dict(parts[0].unavailable))
+        for key in dict.fromkeys(key for part in parts for key in part.scores):
+            per_video = {v: x for part in parts for v, x in part.scores.get(key, {}).items()}
+            merged.scores[key] = dict(sorted(per_video.items(), key=lambda item: rank[item[0]]))
+        for part in parts:
+            merged.embodiments.update(part.embodiments)
+        merged.skipped = sorted((s for part in parts for s in part.skipped), key=lambda s: rank[s["video"]])
+        return merged
+
 
 def table(results: EvalResults) -> str:
     """J&F like the paper's table: one row per setting (then one per embodiment, indented), one column per

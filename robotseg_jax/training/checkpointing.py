@@ -3,10 +3,20 @@ the grain iterator state, saved asynchronously together under `<workdir>/checkpo
 
 Kept: the last `keep` checkpoints plus the one with the best validation J&F (`BEST_METRIC`). A restart restores
 the latest, so a resumed run continues with exactly the state and batches it would have seen.
+
+With several processes every process takes part in each save and restore (orbax writes the arrays' shards and
+commits a step only when all processes are done), and each writes its own grain iterator state
+(`data/process_<i>-of-<n>.json`). A checkpoint is written to a temporary folder and renamed when complete, so a
+process killed mid-save leaves no step that looks finished; the temporary folder is removed at the next start.
+A restart with a different number of processes (a pod resumed on one host, or the other way round) continues the
+same batches: each process holds the same positions of every global batch (data/pipeline.py), so the iterator
+state of any process of the old run positions every process of the new one.
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 
 import grain
@@ -17,6 +27,7 @@ from orbax.checkpoint import checkpoint_managers
 from robotseg_jax.training.train_step import TrainState
 
 BEST_METRIC = "val_jf"
+STATE_ITEM, DATA_ITEM = "state", "data"
 
 
 class TrainCheckpoints:
@@ -30,7 +41,10 @@ class TrainCheckpoints:
             ]
         )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=preservation, enable_async_checkpointing=async_save, create=True
+            preservation_policy=preservation,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,  # what a killed save left behind
         )
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
@@ -39,7 +53,9 @@ class TrainCheckpoints:
     ) -> None:
         """Starts saving (asynchronously); `val_jf` makes the checkpoint a candidate for the best one."""
         metrics = None if val_jf is None else {BEST_METRIC: float(val_jf)}
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator))
+        args = ocp.args.Composite(
+            **{STATE_ITEM: ocp.args.StandardSave(state), DATA_ITEM: grain.checkpoint.CheckpointSave(iterator)}
+        )
         self.manager.save(step, args=args, metrics=metrics, force=force)
 
     def restore_latest(self, state: TrainState, iterator: grain.DatasetIterator) -> TrainState | None:
@@ -48,13 +64,14 @@ class TrainCheckpoints:
         if step is None:
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(iterator)
-            ),
-        )
-        return restored["state"]
+        items = {STATE_ITEM: ocp.args.StandardRestore(abstract)}
+        data_dir = os.path.join(str(self.manager.directory), str(step), DATA_ITEM)
+        own_state = os.path.join(data_dir, f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+        if os.path.exists(own_state):
+            items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(iterator)
+        else:
+            iterator.set_state(_state_of_another_process_count(data_dir))
+        return self.manager.restore(step, args=ocp.args.Composite(**items))[STATE_ITEM]
 
     def reached_preemption(self, step: int) -> bool:
         return self.manager.reached_preemption(step)
@@ -64,3 +81,12 @@ class TrainCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _state_of_another_process_count(data_dir: str) -> dict:
+    """The iterator state written by process 0 of a run with another number of processes."""
+    written = sorted(glob.glob(os.path.join(data_dir, "process_0-of-*.json")))
+    if not written:
+        raise FileNotFoundError(f"no grain iterator state in {data_dir}")
+    with open(written[0]) as f:
+        return json.load(f)

@@ -2,6 +2,8 @@
 params, as J&F numbers, and overlays of the predicted masks for image summaries and the run's GIF.
 
 One video predictor is built at the first validation and reused (`set_params`), so its steps compile once.
+With several processes each process evaluates every n-th video (its predictor on its own devices) and writes
+their PNGs; the per-video scores are then gathered, so every process returns the numbers of a 1-process run.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from ml_collections import config_dict
 from PIL import Image
 
+from robotseg_jax import distributed
 from robotseg_jax.data.eval_videos import EvalVideo, open_videos
 from robotseg_jax.evaluation.report import ALL, EvalResults
 from robotseg_jax.evaluation.runner import evaluate
@@ -38,23 +41,28 @@ class Validator:
     def run(self, params: dict, out_dir: str) -> tuple[dict[str, float], EvalResults]:
         """Evaluates `params`; returns {"<setting>/<category>/J&F": percent, ..., "J&F": their mean} and the
         full results (predicted PNGs under `out_dir`)."""
-        params = jax.device_get(params)
+        params = distributed.host_copy(params)
         if self._predictor is None:
             self._predictor = build_video_predictor(
                 self.model_name, params=params, seed=self.seed, **self.model_overrides
             )
         else:
             self._predictor.set_params(params)
+        videos = list(itertools.islice(self.videos, self.config.max_videos))
+        count, index = jax.process_count(), jax.process_index()
         results = evaluate(
             self._predictor,
-            self.videos,
+            videos[index::count],
             self.settings,
             self.categories,
             out_dir,
             guided_filter=False,
-            max_videos=self.config.max_videos,
             progress=False,
         )
+        if count > 1:
+            distributed.barrier("validation scored")  # the processes' videos take different times
+            parts = [EvalResults.from_json(part) for part in distributed.allgather_json(results.to_json())]
+            results = EvalResults.merged(parts, [video.name for video in videos])
         metrics = {}
         for setting, category in itertools.product(self.settings, self.categories):
             groups = results.groups(setting, category)
