@@ -66,10 +66,10 @@ def attention_path(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sim_data(tmp_path_factory):
     """A tiny VRS-Sim TFDS dataset (6 videos of 4 frames at 64 px, all embodiments in train), as the `data`
-    section of a training config."""
+    section of a training config; rendered once per test process (the training tests share an xdist worker)."""
     from ml_collections import config_dict
 
     from robotseg_jax.training import inputs

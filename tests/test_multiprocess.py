@@ -31,8 +31,9 @@ from tests.train_runs import (
 
 STEPS = 4
 TIMEOUT = 600
-# Its own xdist group: the two processes of a run take both cores, other groups' tests overlap with the start-ups.
-pytestmark = pytest.mark.xdist_group("multiprocess")
+# With the other training tests on one xdist worker: the two processes of a run take several GB each, and next
+# to another training test (the 8-device sharding test) the machine runs out of memory.
+pytestmark = pytest.mark.xdist_group("training")
 
 
 def _overrides(sim_data, cache, validate=False) -> list[str]:
