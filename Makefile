@@ -21,8 +21,11 @@ TESTING := $(VENV)/.test-installed
 quickstart: $(RUNTIME)
 	$(BIN)/python -m robotseg_jax.train --config configs/quickstart.py --workdir $(WORKDIR)
 
+# The multi-process training tests run after the rest, on their own: each starts several training processes of a
+# few GB, which next to two loaded pytest workers exceed a 24 GB machine.
 test: $(TESTING)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q tests
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q -m "not multiprocess" tests
+	$(BIN)/python -m pytest -q -m multiprocess tests
 
 env: $(RUNTIME)
 

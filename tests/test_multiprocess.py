@@ -31,9 +31,9 @@ from tests.train_runs import (
 
 STEPS = 4
 TIMEOUT = 600
-# With the other training tests on one xdist worker: the two processes of a run take several GB each, and next
-# to another training test (the 8-device sharding test) the machine runs out of memory.
-pytestmark = pytest.mark.xdist_group("training")
+# The two processes of a run take several GB each: `make test` runs these tests on their own after the rest
+# (-m multiprocess), and under xdist they share the training tests' worker.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.xdist_group("training")]
 
 
 def _overrides(sim_data, cache, validate=False) -> list[str]:
