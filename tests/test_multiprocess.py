@@ -167,10 +167,7 @@ def test_kill_9_of_a_worker_then_a_restart_of_all_resumes_the_last_complete_chec
     env = environment(NUM_PROCESSES="2", CPU_DEVICES="2", PYTHON=sys.executable)
     launcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     workers = _workers(launcher, 2)
-    deadline = time.time() + TIMEOUT
-    while not (workdir / "checkpoints" / "3").is_dir():
-        assert time.time() < deadline and launcher.poll() is None, process_log(workdir, 0)[-3000:]
-        time.sleep(0.2)
+    _wait_for_checkpoint(workdir, 3, [launcher])
     os.kill(workers[1], signal.SIGKILL)
     _, stderr = launcher.communicate(timeout=TIMEOUT)
     assert launcher.returncode != 0 and b"exited with status" in stderr, stderr.decode()[-2000:]
