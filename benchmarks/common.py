@@ -28,14 +28,18 @@ def cpu_name() -> str:
 
 
 def machine_line() -> str:
-    """Date, CPU, visible cores, JAX backend and device: the header of every table."""
-    import torch
-
+    """Date, CPU, visible cores, JAX backend and device (and torch, when installed): the header of every table."""
+    try:
+        import torch
+    except ImportError:  # a JAX-only benchmark on a machine without the reference
+        torch_part = ""
+    else:
+        torch_part = f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
     device = jax.devices()[0].device_kind
     return (
         f"{datetime.date.today().isoformat()}, {cpu_name()}, {len(os.sched_getaffinity(0))} cores, "
-        f"jax {jax.__version__} ({jax.default_backend()}: {device}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+        f"jax {jax.__version__} ({jax.default_backend()}: {device}){torch_part}, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
     )
 
 

@@ -16,6 +16,7 @@ The prompt, loss and optimizer sections are the code's presets (`training.prompt
 
 from ml_collections import config_dict
 
+from robotseg_jax import distributed
 from robotseg_jax.config_sections import config_section, defaults_section
 from robotseg_jax.constants import GT_MASK_DIR, PSEUDO_MASK_DIR, ROBOT_CATEGORIES
 from robotseg_jax.evaluation.settings import SETTINGS
@@ -91,12 +92,5 @@ def get_config() -> config_dict.ConfigDict:
     c.max_consecutive_skips = 100  # non-finite steps in a row before the run stops as diverged
     c.metrics_lag_steps = 1  # the host fetches each step's metrics this many steps late (0: waits every step)
     c.compilation_cache_dir = config_dict.placeholder(str)
-    # JAX's multi-process runtime (robotseg_jax/distributed.py). "auto": started when the environment is a
-    # multi-process launch (the explicit values below or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
-    # JAX_PROCESS_ID, Slurm with several tasks, a multi-host TPU slice); "on": always; "off": never.
-    c.distributed = config_dict.ConfigDict()
-    c.distributed.mode = "auto"
-    c.distributed.coordinator_address = config_dict.placeholder(str)  # host:port of process 0
-    c.distributed.num_processes = config_dict.placeholder(int)
-    c.distributed.process_id = config_dict.placeholder(int)
+    c.distributed = distributed.config_section()  # JAX's multi-process runtime: mode auto / on / off
     return c

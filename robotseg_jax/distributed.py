@@ -35,6 +35,18 @@ BARRIER_TIMEOUT_S = 3600  # how long a process waits for the others at a barrier
 TPU_METADATA_URL = "http://metadata.google.internal/computeMetadata/v1/instance/attributes/worker-network-endpoints"
 
 
+def config_section() -> config_dict.ConfigDict:
+    """The `distributed` section of a CLI's config. mode "auto": the runtime starts when the environment is a
+    multi-process launch (the explicit values or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID,
+    Slurm with several tasks, a multi-host TPU slice); "on": always; "off": never."""
+    section = config_dict.ConfigDict()
+    section.mode = "auto"
+    section.coordinator_address = config_dict.placeholder(str)  # host:port of process 0
+    section.num_processes = config_dict.placeholder(int)
+    section.process_id = config_dict.placeholder(int)
+    return section
+
+
 @dataclasses.dataclass(frozen=True)
 class Launch:
     """How this process joins a multi-process run: where it was found and the explicit arguments of

@@ -168,6 +168,18 @@ def test_evaluate_missing_data(inputs):
     assert_user_error(run, f"no dataset folder at {inputs['absent']}")
 
 
+# -------------------------------------------------------------------------------------------------------- segment
+SEGMENT_CONFIG = os.path.join(REPO, "configs", "segment.py")
+
+
+def test_segment_missing_source_and_sam21_model(inputs, tmp_path):
+    common = ["--config", SEGMENT_CONFIG, f"--config.checkpoint={inputs['bad.pt']}", f"--config.out={tmp_path}"]
+    assert_user_error(run_cli("segment", *common, f"--config.source={inputs['absent']}"), "no source folder",
+                      inputs["absent"])
+    run = run_cli("segment", *common, f"--config.source={inputs['video']}", "--config.model=sam2.1_hiera_t")
+    assert_user_error(run, "sam2.1_hiera_t has no robot prompts")
+
+
 # -------------------------------------------------------------------------------------------------------- predict
 def predict(inputs, tmp_path, *args: str, checkpoint: str | None = None, video: str | None = None):
     return run_cli("predict", "--checkpoint", checkpoint or inputs["bad.pt"], "--video", video or inputs["video"],

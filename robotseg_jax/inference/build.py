@@ -42,13 +42,14 @@ def build_video_predictor(
     seed: int | None = None,
     compute_dtype: str = "float32",
     memory_buckets: bool | None = None,
+    devices=None,
     **config_overrides,
 ) -> VideoPredictor:
     """sam2's `build_sam2_video_predictor`: the named model with the video-predictor settings (stability-based
     multimask fallback, binarised click masks in memory, hole filling 8) and `config_overrides` (e.g.
     `image_size=512`). A RobotSeg model (`robotseg_hiera_t`) gets a `RobotSegVideoPredictor` with the same
     settings, as the original's inference config. `seed` seeds every session's draws (RobotSeg's RPG; None: fresh
-    ones, as the unseeded original)."""
+    ones, as the unseeded original). `devices`: several devices to split batched tracking (`track_frames`) over."""
     config, params = _config_and_params(
         model_name, checkpoint, params, {**VIDEO_PREDICTOR_OVERRIDES, **config_overrides}
     )
@@ -65,6 +66,7 @@ def build_video_predictor(
         seed=seed,
         compute_dtype=compute_dtype,
         memory_buckets=memory_buckets,
+        devices=devices,
     )
 
 

@@ -1,14 +1,18 @@
 """The compiled model calls the video predictor makes, one jitted function per kind of call.
 
-Shapes decide what compiles: a tracked frame with O objects and a memory capacity compiles once and serves
-every frame of that capacity (the memory bank is a fixed-capacity `MemoryInputs`; the predictor uses a few).
-Prompted frames compile per click count and branch (initial conditioning frame or correction, with or without the
-previous logits), as sam2's behaviour depends on them. Objects are the mapped axis of the tracking step (vmapped
-on accelerators, a loop inside the program on a CPU): each object brings its own memory selection (its own
-conditioning frames), while the frame's image features are shared, unbatched.
+Shapes decide what compiles: a tracked frame with V sessions (videos) of O objects and a memory capacity compiles
+once and serves every frame of that capacity (the memory bank is a fixed-capacity `MemoryInputs`; the predictor
+uses a few). Prompted frames compile per click count and branch (initial conditioning frame or correction, with
+or without the previous logits), as sam2's behaviour depends on them. Videos and objects are the mapped axes of
+the tracking step (vmapped on accelerators, a loop inside the program on a CPU): each video brings its frame's
+image features, shared by its objects, and each object its own memory selection (its own conditioning frames).
 Every step takes the model's `RobotInputs` (the frame's model input, each object's category, an RPG key): a
 RobotSeg model uses them, SAM 2.1 does not, so the predictor drives both models the same way. Categories are
 data, so "no category" (-1) runs in the same programs.
+
+With `devices` (several), the videos of a tracking or encoding call are split over them (`shard_map` along the
+video axis; the params are replicated), when their number divides evenly: the predictor pads the batch so that it
+does. Every other call runs replicated.
 
 `compute_dtype` bfloat16 runs every program on a bfloat16 copy of the params and inputs (as sam2's examples run
 under `torch.autocast(dtype=torch.bfloat16)`); outputs come back as float32. float32 is the parity reference.
@@ -16,9 +20,13 @@ under `torch.autocast(dtype=torch.bfloat16)`); outputs come back as float32. flo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from robotseg_jax.modeling.common import cast_floating, resize_bilinear_nchw
 from robotseg_jax.modeling.config import SAM2Config
@@ -38,14 +46,26 @@ class PredictorStepOutputs:
     maskmem_features: jax.Array | None
 
 
-class ModelSteps:
-    """Jitted `SAM2Model` / `RobotSegModel` calls bound to one set of params."""
+VIDEO_AXIS = "videos"
 
-    def __init__(self, config: SAM2Config, params: dict, compute_dtype: str = "float32"):
+
+class ModelSteps:
+    """Jitted `SAM2Model` / `RobotSegModel` calls bound to one set of params (on `devices`, default: the default
+    device)."""
+
+    def __init__(
+        self,
+        config: SAM2Config,
+        params: dict,
+        compute_dtype: str = "float32",
+        devices: Sequence[jax.Device] | None = None,
+    ):
         self.config = config
         self.compute_dtype = jnp.dtype(compute_dtype)
         if self.compute_dtype not in (jnp.float32, jnp.bfloat16):
             raise ValueError(f"compute_dtype must be float32 or bfloat16, got {compute_dtype!r}")
+        devices = list(devices or [])
+        self.mesh = Mesh(np.asarray(devices), (VIDEO_AXIS,)) if len(devices) > 1 else None
         self.set_params(params)
         self._model = build_model(config)
         self._encode = jax.jit(self._encode_impl)
@@ -56,7 +76,15 @@ class ModelSteps:
 
     def set_params(self, params: dict) -> None:
         """New weights of the same shapes (training's periodic validation): the compiled steps are reused."""
-        self._variables = {"params": self._cast(params)}
+        variables = {"params": self._cast(params)}
+        if self.mesh is not None:
+            variables = jax.device_put(variables, NamedSharding(self.mesh, PartitionSpec()))
+        self._variables = variables
+
+    @property
+    def num_devices(self) -> int:
+        """How many devices a batch of videos is split over (a batch should be a multiple of it)."""
+        return 1 if self.mesh is None else self.mesh.size
 
     def _cast(self, tree):
         """Floating leaves in the compute dtype (a no-op in float32)."""
@@ -67,16 +95,23 @@ class ModelSteps:
         return cast_floating(tree, jnp.float32)
 
     # Public calls take and return device arrays; the predictor moves results to the host.
+    def encode_frames(self, images: jax.Array) -> BackboneFeatures:
+        """Backbone features of normalised frames `[V, H, W, 3]` (one compiled program per V; batched on
+        accelerators, one frame after another inside the program on a CPU)."""
+        return self._encode(self._variables, images)
+
     def encode_frame(self, image: jax.Array) -> BackboneFeatures:
         """Backbone features of one normalised frame `[H, W, 3]` (batch 1)."""
-        return self._encode(self._variables, image[None])
+        return self.encode_frames(image[None])
 
     def track_objects(
         self, features: BackboneFeatures, memory: MemoryInputs, robot: RobotInputs
     ) -> PredictorStepOutputs:
-        """Tracks O objects on a frame without prompts; `memory` leaves carry a leading object axis (each object
-        batch 1 inside), and so do `robot.category` ([O, 1]) and `robot.rng` ([O]), while `robot.image`
-        ([1, H, W, 3]) is shared like the features. Runs the memory encoder. Outputs are `[O, ...]`."""
+        """Tracks O objects in each of V videos on one frame each, without prompts; runs the memory encoder.
+
+        `features` and `robot.image` ([V, H, W, 3]) have the videos as their batch; `memory` leaves carry leading
+        [V, O] axes (each object batch 1 inside), and so do `robot.category` ([V, O, 1]) and `robot.rng` ([V, O]).
+        Outputs are `[V, O, ...]`."""
         return self._track(self._variables, features, memory, robot)
 
     def prompt_frame(
@@ -109,7 +144,27 @@ class ModelSteps:
 
     # ------------------------------------------------------------------ jitted bodies
     def _encode_impl(self, variables, images):
-        return self._model.apply(variables, self._cast(images), method=SAM2Model.forward_image)
+        return self._over_videos(self._encode_videos, variables, images)
+
+    def _encode_videos(self, variables, images):
+        encode = lambda x: self._model.apply(variables, self._cast(x), method=SAM2Model.forward_image)
+        if len(images) == 1 or jax.default_backend() != "cpu":
+            return encode(images)
+        # On a CPU the frames run one at a time inside the program, as the objects do: no slower (the convolutions
+        # already fill the cores), and every frame's features are bit-identical to encoding it alone.
+        per_frame = jax.lax.map(lambda image: encode(image[None]), images)
+        return jax.tree.map(lambda x: x[:, 0], per_frame)
+
+    def _over_videos(self, fn, variables, *batched):
+        """`fn(variables, *batched)`, with the leading (video) axis of `batched` split over the devices when there
+        are several and it divides evenly."""
+        num_videos = len(jax.tree.leaves(batched)[0])
+        if self.mesh is None or num_videos % self.mesh.size:
+            return fn(variables, *batched)
+        specs = (PartitionSpec(),) + (PartitionSpec(VIDEO_AXIS),) * len(batched)
+        return jax.shard_map(fn, mesh=self.mesh, in_specs=specs, out_specs=PartitionSpec(VIDEO_AXIS))(
+            variables, *batched
+        )
 
     def _track_step(self, variables, features, memory, prompts, robot, **kwargs) -> PredictorStepOutputs:
         """`track_step` of the model, reduced to what the predictor keeps."""
@@ -119,19 +174,22 @@ class ModelSteps:
         return self._float32(outputs)
 
     def _track_impl(self, variables, features, memory, robot):
-        one_object = lambda object_memory, object_robot: self._track_step(
-            variables, features, object_memory, Prompts(), object_robot
-        )
-        if jax.default_backend() == "cpu":
-            # XLA:CPU runs the objects one after another inside the step faster than batched: batched, each
-            # attention block holds every object's logits and no longer fits the caches (8 objects at 1024 px:
-            # 19.5 s vs 30.4 s per frame). Accelerators batch them.
-            per_object_inputs = (memory, robot.replace(image=None))
-            per_object = jax.lax.map(lambda x: one_object(x[0], x[1].replace(image=robot.image)), per_object_inputs)
-        else:
-            robot_axes = RobotInputs(image=None, category=0, rng=0)
-            per_object = jax.vmap(one_object, in_axes=(0, robot_axes))(memory, robot)  # leaves [O, 1, ...]
-        return jax.tree.map(lambda x: x[:, 0], per_object)
+        return self._over_videos(self._track_videos, variables, features, memory, robot)
+
+    def _track_videos(self, variables, features, memory, robot):
+        def one_object(video_features, image, inputs):
+            object_memory, category, rng = inputs
+            return self._track_step(
+                variables, video_features, object_memory, Prompts(), RobotInputs(image[None], category, rng)
+            )
+
+        def one_video(inputs):
+            video_features, image, video_memory, categories, rngs = inputs
+            video_features = jax.tree.map(lambda x: x[None], video_features)  # batch 1, shared by the objects
+            return _map_axis(lambda x: one_object(video_features, image, x), (video_memory, categories, rngs))
+
+        per_object = _map_axis(one_video, (features, robot.image, memory, robot.category, robot.rng))
+        return jax.tree.map(lambda x: x[:, :, 0], per_object)  # leaves [V, O, 1, ...] -> [V, O, ...]
 
     def _prompt_impl(self, variables, features, memory, prompts, prev_sam_mask_logits, robot, is_init_cond_frame):
         return self._track_step(
@@ -164,3 +222,13 @@ class ModelSteps:
             "encode_memory": self._memory._cache_size(),
             "memory_foreground": self._foreground._cache_size(),
         }
+
+
+def _map_axis(fn, xs):
+    """`fn` over the leading axis of `xs`: a loop inside the program on a CPU, `vmap` on accelerators.
+
+    XLA:CPU runs the objects one after another faster than batched: batched, each attention block holds every
+    object's logits and no longer fits the caches (8 objects at 1024 px: 19.5 s vs 30.4 s per frame)."""
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(fn, xs)
+    return jax.vmap(fn)(xs)

@@ -8,6 +8,7 @@ cast to float32, ImageNet mean/std.
 
 Sources: a folder of JPEG frames named by frame number (sam2's layout and ordering), an `.mp4` file (decoded
 with PyAV, seeking by presentation timestamp) or a uint8 array `[T, H, W, 3]` (an `np.memmap` stays lazy).
+Every frame must have the first frame's size (a frame of another size is a `VideoError`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class VideoFrames:
     """Lazily decoded, preprocessed frames: `frames[i]` is `[image_size, image_size, 3]` float32.
 
     `read_frame(i)` returns the original frame as a PIL image; only the `cache_size` most recent preprocessed
-    frames are kept.
+    frames are kept. `frame_ids[i]` is frame i's number in its source (a JPEG folder's file stems; else i).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class VideoFrames:
         image_size: int,
         cache_size: int = 2,
         description: str = "video",
+        frame_ids: list[int] | None = None,
     ):
         self.num_frames = num_frames
         self.height = height
@@ -67,6 +69,7 @@ class VideoFrames:
         self.image_size = image_size
         self.description = description
         self.read_frame = read_frame  # the original frame as a PIL image (overlays need it)
+        self.frame_ids = list(range(num_frames)) if frame_ids is None else list(frame_ids)
         self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._cache_size = max(1, cache_size)
 
@@ -79,15 +82,33 @@ class VideoFrames:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        frame = preprocess_frame(self.read_frame(index), self.image_size)
+        frame = self._load(index)
         self._cache[index] = frame
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return frame
 
+    def _load(self, index: int) -> np.ndarray:
+        """Frame `index` decoded and prepared."""
+        return self.prepare(self.read_frame(index), index)
+
+    def prepare(self, image: Image.Image, index: int) -> np.ndarray:
+        """The model input of frame `index` decoded as `image`, which must have the video's size."""
+        if image.size != (self.width, self.height):
+            raise VideoError(
+                f"frame {index} of {self.description} is {image.size[0]}x{image.size[1]}, the video is "
+                f"{self.width}x{self.height}"
+            )
+        return preprocess_frame(image, self.image_size)
+
 
 def open_video(video, image_size: int, cache_size: int = 2) -> VideoFrames:
-    """A `VideoFrames` over a JPEG folder, an .mp4 file or a uint8 array `[T, H, W, 3]`."""
+    """A `VideoFrames` over a JPEG folder, an .mp4 file or a uint8 array `[T, H, W, 3]`; a `VideoFrames` (of
+    `image_size`) is returned as it is."""
+    if isinstance(video, VideoFrames):
+        if video.image_size != image_size:
+            raise ValueError(f"the video's frames are prepared at {video.image_size} px, the model needs {image_size}")
+        return video
     if isinstance(video, np.ndarray):
         return _array_frames(video, image_size, cache_size)
     if not isinstance(video, (str, os.PathLike)):
@@ -132,7 +153,8 @@ def _jpeg_folder_frames(folder: str, image_size: int, cache_size: int) -> VideoF
             raise VideoError(f"Cannot read frame {index} ({paths[index]}): {err}") from err
 
     width, height = read(0).size
-    return VideoFrames(len(paths), height, width, read, image_size, cache_size, folder)
+    frame_ids = [int(os.path.splitext(p)[0]) for p in names]
+    return VideoFrames(len(paths), height, width, read, image_size, cache_size, folder, frame_ids)
 
 
 class _Mp4Reader:

@@ -20,8 +20,10 @@ inputs and keeps no foreground. `RobotSegVideoPredictor` (robotseg_predictor.py)
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import secrets
+import zlib
 from collections.abc import Hashable, Iterator, Sequence
 
 import jax
@@ -91,6 +93,7 @@ class VideoPredictor:
         seed: int | None = None,
         compute_dtype: str = "float32",
         memory_buckets: bool | None = None,
+        devices: Sequence[jax.Device] | None = None,
     ):
         self.config = config
         self.image_size = config.image_size
@@ -101,7 +104,7 @@ class VideoPredictor:
         self.frame_cache_size = frame_cache_size
         self.memory_dtype = jnp.dtype(memory_dtype)
         self.seed = seed
-        self.steps = ModelSteps(config, params, compute_dtype)
+        self.steps = ModelSteps(config, params, compute_dtype, devices)
         if memory_buckets is None:
             memory_buckets = config.image_embedding_size**2 >= MIN_BUCKETED_SLOT_TOKENS
         self.memory_buckets = memory_buckets
@@ -331,15 +334,61 @@ class VideoPredictor:
             order = range(start_frame_idx, end_frame_idx + 1)
 
         for frame_idx in order:
-            to_track = [i for i, obj in enumerate(state.objects) if not _keeps_output(obj, frame_idx)]
-            if to_track:
-                tracked = self._track_all_objects(state, frame_idx, reverse, category)
-                for i in to_track:
-                    state.objects[i].non_cond_outputs[frame_idx] = self._frame_output(tracked, i)
-            for obj in state.objects:
-                obj.frames_tracked[frame_idx] = reverse
-            logits = np.concatenate([obj.memory_output(frame_idx).pred_masks for obj in state.objects])
-            yield frame_idx, list(state.obj_ids), self._video_resolution(state, logits)
+            categories = [category] * len(state.objects)
+            (logits,) = self.track_frames([SessionFrame(state, frame_idx, categories, reverse)])
+            yield frame_idx, list(state.obj_ids), logits
+
+    def track_frames(
+        self, frames: Sequence[SessionFrame], pad_sessions_to: int | None = None
+    ) -> list[np.ndarray]:
+        """One propagation step of several sessions at once: each session's objects are tracked on its frame in one
+        compiled call (batched over sessions and objects), and the outputs are stored as `propagate_in_video`
+        stores them (conditioning and frozen outputs are kept, not re-tracked). Returns each session's logits
+        `[O, 1, H, W]` at its video resolution.
+
+        Every session must have been prompted and preflighted (`propagate_in_video_preflight`), hold the same
+        number of objects and store memory in the same dtype; a session appears at most once. `pad_sessions_to`
+        pads the batch with repeats of the last session (their outputs are dropped), so that a shrinking batch
+        keeps the compiled program. A session's results equal its own `propagate_in_video` (the same draws; the
+        float reduction order may differ).
+        """
+        if not frames:
+            return []
+        num_objects = {len(f.state.objects) for f in frames}
+        if len(num_objects) != 1 or 0 in num_objects:
+            raise ValueError(f"every session must hold the same number (> 0) of objects, got {sorted(num_objects)}")
+        if len({f.state.memory_dtype for f in frames}) != 1:
+            raise ValueError("the sessions store memory in different dtypes")
+        if len({id(f.state) for f in frames}) != len(frames):
+            raise ValueError("a session can advance by one frame per call")
+        if pad_sessions_to is not None and pad_sessions_to < len(frames):
+            raise ValueError(f"pad_sessions_to={pad_sessions_to} is smaller than the {len(frames)} sessions")
+        frames = [f.checked(self) for f in frames]
+        to_track = [[i for i, obj in enumerate(f.state.objects) if not _keeps_output(obj, f.frame_idx)] for f in frames]
+        if any(to_track):
+            tracked = self._track_sessions(frames, pad_sessions_to)
+            for f, outputs, indices in zip(frames, tracked, to_track):
+                for i in indices:
+                    f.state.objects[i].non_cond_outputs[f.frame_idx] = self._frame_output(outputs, i)
+        results = []
+        for f in frames:
+            for obj in f.state.objects:
+                obj.frames_tracked[f.frame_idx] = f.reverse
+            logits = np.concatenate([obj.memory_output(f.frame_idx).pred_masks for obj in f.state.objects])
+            results.append(self._video_resolution(f.state, logits))
+        return results
+
+    def forget_old_outputs(self, state: InferenceState, frame_idx: int, reverse: bool = False) -> None:
+        """Drops the tracked outputs that tracking on from `frame_idx` (forward, or backward with `reverse`) can no
+        longer attend to, so that a long propagation keeps the host memory of a few frames per object. The memory
+        reaches back `num_maskmem - 1` strided frames and `max_obj_ptrs_in_encoder - 1` pointers; conditioning
+        outputs always stay. Frames dropped cannot be corrected later (their outputs are gone)."""
+        cfg = self.config
+        reach = max(1 + (cfg.num_maskmem - 2) * cfg.memory_temporal_stride_for_eval, cfg.max_obj_ptrs_in_encoder - 1)
+        for obj in state.objects:
+            old = [t for t in obj.non_cond_outputs if (t - frame_idx if reverse else frame_idx - t) > reach]
+            for t in old:
+                del obj.non_cond_outputs[t]
 
     # ------------------------------------------------------------------ internals
     def _check_frame(self, state: InferenceState, frame_idx) -> int:
@@ -354,7 +403,7 @@ class VideoPredictor:
         if not create:
             raise ValueError(f"Unknown object id {obj_id!r} (existing ids: {state.obj_ids})")
         state.obj_ids.append(obj_id)
-        state.objects.append(ObjectState())
+        state.objects.append(ObjectState(rng=object_key(state.rng, obj_id)))
         return state.objects[-1]
 
     def _point_prompts(self, state, points, labels, box, clear_old_points, normalize_coords):
@@ -395,44 +444,58 @@ class VideoPredictor:
 
     def _frame_inputs(self, state: InferenceState, frame_idx: int) -> tuple[jax.Array, BackboneFeatures]:
         """The frame's model input `[1, H, W, 3]` on the device and its image features, cached together."""
-        cache = state.cached_features
-        if frame_idx in cache:
-            cache.move_to_end(frame_idx)
-            return cache[frame_idx]
-        image = jnp.asarray(state.frames[frame_idx])
-        cache[frame_idx] = (image[None], self.steps.encode_frame(image))
-        if len(cache) > self.feature_cache_size:
-            cache.popitem(last=False)
-        return cache[frame_idx]
+        return self._frames_inputs([(state, frame_idx)])[0]
+
+    def _frames_inputs(
+        self, frames: Sequence[tuple[InferenceState, int]], encode_batch: int | None = None
+    ) -> list[tuple[jax.Array, BackboneFeatures]]:
+        """`_frame_inputs` of several sessions' frames; the frames not cached are encoded in one call, of
+        `encode_batch` frames when given (padded with repeats, so that fewer frames reuse the compiled program)."""
+        missing = [(state, frame_idx) for state, frame_idx in frames if frame_idx not in state.cached_features]
+        if missing:
+            images = [jnp.asarray(state.frames[frame_idx]) for state, frame_idx in missing]
+            images += images[-1:] * max(0, (encode_batch or 0) - len(images))
+            batch = jnp.stack(images)
+            features = self.steps.encode_frames(batch)
+            for i, (state, frame_idx) in enumerate(missing):
+                one = jax.tree.map(lambda x: x[i : i + 1], features) if len(images) > 1 else features
+                state.cached_features[frame_idx] = (batch[i : i + 1], one)
+                if len(state.cached_features) > self.feature_cache_size:
+                    state.cached_features.popitem(last=False)
+        inputs = []
+        for state, frame_idx in frames:
+            state.cached_features.move_to_end(frame_idx)
+            inputs.append(state.cached_features[frame_idx])
+        return inputs
 
     def _image_features(self, state: InferenceState, frame_idx: int) -> BackboneFeatures:
         return self._frame_inputs(state, frame_idx)[1]
 
-    def _robot_inputs(self, state: InferenceState, frame_idx: int, categories: Sequence[int]) -> RobotInputs:
-        """The model's `RobotInputs` for objects of `categories` on a frame, with a leading object axis on the
-        category ([O, 1]) and key ([O], one draw of the session's key each); the image is shared."""
-        state.rng, key = jax.random.split(state.rng)
-        image = self._frame_inputs(state, frame_idx)[0]
-        return RobotInputs(image, jnp.asarray(categories, jnp.int32)[:, None], jax.random.split(key, len(categories)))
+    @staticmethod
+    def _robot_keys(objects: Sequence[ObjectState]) -> jax.Array:
+        """One draw of each object's key, `[O]` (RobotSeg's RPG farthest-point-sampling starts)."""
+        keys = []
+        for obj in objects:
+            obj.rng, key = jax.random.split(obj.rng)
+            keys.append(key)
+        return jnp.stack(keys)
 
-    def _memories(
-        self, state: InferenceState, objects: Sequence[ObjectState], frame_idx: int, reverse: bool
-    ) -> list[MemoryInputs]:
-        """Each object's memory for tracking `frame_idx` (batch 1), chosen by sam2's rules and packed to one
-        capacity for all of them.
+    def _memories(self, requests: Sequence[tuple[InferenceState, ObjectState, int, bool]]) -> list[MemoryInputs]:
+        """Each (session, object, frame, reverse)'s memory for tracking the frame (batch 1), chosen by sam2's rules
+        and packed to one capacity for all of them.
 
         Pointer slots hold the most conditioning frames any object has, rounded up to a power of two, so adding
         conditioning frames rarely changes the compiled shapes. With `memory_buckets`, spatial slots are the
         smallest of a few sizes (powers of two, then the full bank) that holds every object's selection: a frame
         with one memory attends over one slot, not seven, at the price of one compiled program per size.
         """
-        most_cond = max([len(obj.cond_outputs) for obj in state.objects] + [1])
+        most_cond = max([len(obj.cond_outputs) for _, obj, _, _ in requests] + [1])
         full_slots, pointer_slots = memory_capacity(self.config, 1 << (most_cond - 1).bit_length())
         selections = [
             select_memory(
                 self.config, frame_idx, list(obj.cond_outputs), obj.non_cond_outputs.keys(), state.num_frames, reverse
             )
-            for obj in objects
+            for state, obj, frame_idx, reverse in requests
         ]
         needed = max(len(selection.spatial) for selection in selections)
         spatial_slots = min(1 << max(needed - 1, 0).bit_length(), full_slots) if self.memory_buckets else full_slots
@@ -441,7 +504,7 @@ class VideoPredictor:
         return [
             pack_memory(self.config, selection, lambda t, obj=obj: obj.memory_output(t).memory_entry(), capacity,
                         (1, emb, emb))
-            for obj, selection in zip(objects, selections)
+            for (_, obj, _, _), selection in zip(requests, selections)
         ]
 
     def _run_prompted_frame(
@@ -458,20 +521,36 @@ class VideoPredictor:
         mask_as_output = prompts.mask_inputs is not None and self.config.use_mask_input_as_output_without_sam
         memory = None
         if not (is_init_cond_frame or mask_as_output):
-            (memory,) = self._memories(state, [obj], frame_idx, reverse)
+            (memory,) = self._memories([(state, obj, frame_idx, reverse)])
         prev = None if prev_logits is None else jnp.asarray(prev_logits)
-        features = self._image_features(state, frame_idx)
-        robot = self._robot_inputs(state, frame_idx, [category])
-        robot = robot.replace(category=robot.category[0], rng=robot.rng[0])  # one object: batch 1, one key
+        image, features = self._frame_inputs(state, frame_idx)
+        # one object: batch 1, one key
+        robot = RobotInputs(image, jnp.asarray([category], jnp.int32), self._robot_keys([obj])[0])
         out = self.steps.prompt_frame(features, memory, prompts, prev, is_init_cond_frame, robot)
         return self._frame_output(self._to_host(state, out), 0)
 
-    def _track_all_objects(
-        self, state: InferenceState, frame_idx: int, reverse: bool, category: int
-    ) -> PredictorStepOutputs:
-        memory = jax.tree.map(lambda *xs: jnp.stack(xs), *self._memories(state, state.objects, frame_idx, reverse))
-        robot = self._robot_inputs(state, frame_idx, [category] * len(state.objects))
-        return self._to_host(state, self.steps.track_objects(self._image_features(state, frame_idx), memory, robot))
+    def _track_sessions(
+        self, frames: Sequence[SessionFrame], pad_sessions_to: int | None
+    ) -> list[PredictorStepOutputs]:
+        """Host outputs `[O, ...]` of every session's objects tracked on its frame, in one `track_objects` call."""
+        per_device = self.steps.num_devices
+        batch = -(-(pad_sessions_to or len(frames)) // per_device) * per_device  # a multiple of the devices
+        padded = list(frames) + [frames[-1]] * (batch - len(frames))
+        inputs = self._frames_inputs([(f.state, f.frame_idx) for f in frames], encode_batch=batch)
+        inputs += inputs[-1:] * (len(padded) - len(frames))
+        memories = self._memories([(f.state, obj, f.frame_idx, f.reverse) for f in padded for obj in f.state.objects])
+        num_objects = len(frames[0].state.objects)
+        stack = lambda *xs: jnp.stack(xs)
+        per_session = [jax.tree.map(stack, *memories[v * num_objects : (v + 1) * num_objects]) for v in range(len(padded))]
+        memory = jax.tree.map(stack, *per_session)  # leaves [V, O, ...]
+        keys = [self._robot_keys(f.state.objects) for f in frames]
+        keys += keys[-1:] * (len(padded) - len(frames))
+        concat = lambda *xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)
+        images, features = jax.tree.map(concat, *inputs)
+        categories = jnp.asarray([list(f.categories) for f in padded], jnp.int32)[..., None]
+        robot = RobotInputs(images, categories, jnp.stack(keys))
+        outputs = self._to_host(frames[0].state, self.steps.track_objects(features, memory, robot))
+        return [jax.tree.map(lambda x, v=v: x[v], outputs) for v in range(len(frames))]
 
     def _to_host(self, state: InferenceState, outputs: PredictorStepOutputs) -> PredictorStepOutputs:
         """Step outputs as numpy, memory features cast to the session's storage dtype on the device first."""
@@ -515,6 +594,32 @@ class VideoPredictor:
     def _video_resolution(self, state: InferenceState, logits: np.ndarray) -> np.ndarray:
         video_size = (state.video_height, state.video_width)
         return np.asarray(to_video_resolution(jnp.asarray(logits), video_size, self.non_overlap_masks))
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionFrame:
+    """A frame of a session to track (`VideoPredictor.track_frames`): every object of `state` on `frame_idx`,
+    object i as category `categories[i]` (RobotSeg's class-token row; NO_CATEGORY for none, and for SAM 2.1),
+    tracking backward in time when `reverse`."""
+
+    state: InferenceState
+    frame_idx: int
+    categories: Sequence[int]
+    reverse: bool = False
+
+    def checked(self, predictor: VideoPredictor) -> SessionFrame:
+        if len(self.categories) != len(self.state.objects):
+            raise ValueError(f"{len(self.categories)} categories for {len(self.state.objects)} objects")
+        if any(not obj.cond_outputs for obj in self.state.objects):
+            raise RuntimeError("every object needs a prompted frame in memory: run propagate_in_video_preflight")
+        return dataclasses.replace(self, frame_idx=predictor._check_frame(self.state, self.frame_idx))
+
+
+def object_key(session_key: jax.Array, obj_id: Hashable) -> jax.Array:
+    """An object's PRNG key: the session key folded with the object id (an int as it is, other ids by a stable
+    hash of their repr), so that the same id draws the same numbers in any session of the same seed."""
+    tag = obj_id if isinstance(obj_id, int) and not isinstance(obj_id, bool) else zlib.crc32(repr(obj_id).encode())
+    return jax.random.fold_in(session_key, tag & 0xFFFFFFFF)
 
 
 def _keeps_output(obj: ObjectState, frame_idx: int) -> bool:

@@ -56,6 +56,9 @@ class ObjectState:
     temp_cond_outputs: dict[int, FrameOutput] = dataclasses.field(default_factory=dict)
     temp_non_cond_outputs: dict[int, FrameOutput] = dataclasses.field(default_factory=dict)
     frames_tracked: dict[int, bool] = dataclasses.field(default_factory=dict)  # frame -> tracked in reverse
+    # The key this object's model draws (RobotSeg's RPG) are split from, one split per call: derived from the
+    # session key and the object id only, so an object's masks do not depend on the other objects of the session.
+    rng: jax.Array | None = None
 
     def outputs(self, is_cond: bool) -> dict[int, FrameOutput]:
         return self.cond_outputs if is_cond else self.non_cond_outputs
@@ -78,8 +81,8 @@ class ObjectState:
 @dataclasses.dataclass
 class InferenceState:
     """A video session: the lazily decoded frames, the objects and their outputs, a small cache of frames on the
-    device with their image features, the dtype memory features are stored in, and (RobotSeg) the PRNG key that
-    RPG's draws are split from."""
+    device with their image features, the dtype memory features are stored in, and the session's PRNG key, from
+    which each object's key is derived (RobotSeg's RPG draws)."""
 
     frames: VideoFrames
     memory_dtype: np.dtype
