@@ -25,6 +25,7 @@ from robotseg_jax.data import vrs_layout
 from robotseg_jax.data.eval_videos import DatasetError
 from robotseg_jax.data.sim import dataset as sim
 from robotseg_jax.errors import ConfigValueError
+from robotseg_jax.evaluation.guided_filter import refine_mask
 from robotseg_jax.inference import SessionFrame, build_video_predictor
 from robotseg_jax.modeling.config import get_model_config
 from robotseg_jax.modeling.robotseg import build_model
@@ -34,16 +35,17 @@ from robotseg_jax.segmentation.sources import open_source
 from tests import train_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGE_SIZE = 128
+IMAGE_SIZE = 64
 SEED = 3
-# Good videos of different lengths (a 1-frame one among them) and one whose third JPEG is not a JPEG.
+# Good videos of different lengths (a 1-frame one among them), and bad ones with what their error names: one
+# whose third JPEG is not a JPEG, one whose second frame has another size.
 LENGTHS = {"sim_00000_panda": 6, "sim_00001_kuka_iiwa": 3, "sim_00002_xarm6": 6, "single_frame": 1}
-CORRUPT = "corrupt"
+BAD = {"corrupt": "00002.jpg", "resized": "frame 1 of"}
 
 
 @pytest.fixture(scope="module")
 def videos_dir(tmp_path_factory) -> str:
-    """A folder of JPEG-frame videos cut from VRS-Sim renders, plus a 1-frame and a corrupt video."""
+    """A folder of JPEG-frame videos cut from VRS-Sim renders: the good videos of LENGTHS and the bad ones of BAD."""
     root = str(tmp_path_factory.mktemp("sim"))
     config = sim.GenerationConfig(num_frames=6, size=96, split_fractions={"test": 1.0}, holdout_embodiment=None)
     sim.generate(root, 3, config, log=lambda _: None)
@@ -54,16 +56,18 @@ def videos_dir(tmp_path_factory) -> str:
         origin = "sim_00000_panda" if name == "single_frame" else name
         for i in range(length):
             shutil.copy(os.path.join(source(origin), f"{i:05d}.jpg"), os.path.join(folder, name, f"{i:05d}.jpg"))
-    shutil.copytree(source("sim_00001_kuka_iiwa"), os.path.join(folder, CORRUPT))
-    with open(os.path.join(folder, CORRUPT, "00002.jpg"), "wb") as f:
+    for name in BAD:
+        shutil.copytree(source("sim_00001_kuka_iiwa"), os.path.join(folder, name))
+    with open(os.path.join(folder, "corrupt", "00002.jpg"), "wb") as f:
         f.write(b"not a jpeg")
+    resized = os.path.join(folder, "resized", "00001.jpg")
+    Image.open(resized).resize((64, 64)).save(resized)
     return folder
 
 
 @pytest.fixture(scope="module")
 def params() -> dict:
-    config = get_model_config("robotseg_hiera_t", image_size=IMAGE_SIZE)
-    return build_model(config).init(jax.random.key(1), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)))["params"]
+    return convert.initial_params(get_model_config("robotseg_hiera_t", image_size=IMAGE_SIZE), None, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +124,7 @@ def test_batched_videos_equal_per_video_predictor_runs(predictor, videos_dir):
     steps run padded): every frame's logits equal separate per-category predictor sessions. On a CPU they are
     bit-identical (frames and objects run one at a time inside the programs); accelerators batch them, where the
     float reduction order may differ, hence the 1e-5 bound."""
-    videos = [v for v in open_source(videos_dir) if v.name != CORRUPT]
+    videos = [v for v in open_source(videos_dir) if v.name not in BAD]
     segmenter = Segmenter(predictor, ROBOT_CATEGORIES, videos_per_step=2)
     programs_before = predictor.steps.cache_sizes()["track_objects"]
     got: dict[str, dict[int, np.ndarray]] = {}
@@ -169,24 +173,32 @@ def test_forgetting_old_outputs_keeps_a_long_propagation_equal(predictor, videos
     assert max(kept) == predictor.config.max_obj_ptrs_in_encoder - 1 and len(full.objects[0].non_cond_outputs) == 23
 
 
-def test_job_writes_vrs_layout_and_records_a_bad_video(predictor, checkpoint, videos_dir, tmp_path):
-    # overlays for the first 2 videos: the corrupt one (none, it fails) and sim_00000_panda
-    config = _segment_config(checkpoint, videos_dir, tmp_path / "out", videos_per_step=3, overlay_videos=2,
-                             tfds_output=True)
-    summary = job.run_job(job.plan_from_config(config), predictor)
-    out = str(tmp_path / "out")
+@pytest.fixture(scope="module")
+def job_run(predictor, checkpoint, videos_dir, tmp_path_factory) -> tuple[str, dict, object]:
+    """One uninterrupted job over the videos folder (3 videos per step, overlays of the first 3 videos: corrupt
+    and resized, which fail and get none, then sim_00000_panda; the masks also as TFDS): (out, summary, config)."""
+    out = str(tmp_path_factory.mktemp("job"))
+    config = _segment_config(checkpoint, videos_dir, out, videos_per_step=3, overlay_videos=3, tfds_output=True)
+    return out, job.run_job(job.plan_from_config(config), predictor), config
+
+
+def test_job_writes_vrs_layout_and_records_bad_videos(predictor, job_run, videos_dir):
+    out, summary, config = job_run
     assert summary["segmented"] == len(LENGTHS) and summary["frames"] == sum(LENGTHS.values())
-    assert [f["video"] for f in summary["failed"]] == [CORRUPT]
-    assert "00002.jpg" in summary["failed"][0]["error"]
+    assert {f["video"]: f["error"] for f in summary["failed"]}.keys() == BAD.keys()
+    for failure in summary["failed"]:
+        assert BAD[failure["video"]] in failure["error"], failure
     assert json.load(open(os.path.join(out, outputs.SUMMARY_FILE)))["segmented"] == len(LENGTHS)
     manifest = outputs.Manifest(out)
-    assert {v: manifest.status(v) for v in [*LENGTHS, CORRUPT]} == {**dict.fromkeys(LENGTHS, "done"), CORRUPT: "failed"}
-    assert not os.path.exists(os.path.join(out, CORRUPT)) and not os.path.exists(os.path.join(out, outputs.PARTIAL_DIR))
+    statuses = {v: manifest.status(v) for v in [*LENGTHS, *BAD]}
+    assert statuses == {**dict.fromkeys(LENGTHS, "done"), **dict.fromkeys(BAD, "failed")}
+    assert not any(os.path.exists(os.path.join(out, v)) for v in BAD)
+    assert not os.path.exists(os.path.join(out, outputs.PARTIAL_DIR))
     assert os.listdir(os.path.join(out, outputs.OVERLAY_DIR)) == ["sim_00000_panda.gif"]
     reference = _reference_logits(predictor, os.path.join(videos_dir, "sim_00001_kuka_iiwa"))
     expected = np.stack([reference[t] > 0 for t in range(3)])
     np.testing.assert_array_equal(_read_outputs(out, "sim_00001_kuka_iiwa", 3), expected)
-    # the same masks as a TFDS dataset: every video done, none of the failed one
+    # the same masks as a TFDS dataset: every video done, none of the failed ones
     masks = tfds.core.read_only_builder.builder_from_files("robotseg_masks", data_dir=summary["tfds_data_dir"])
     examples = {e["name"].decode(): e for e in masks.as_data_source("train")}
     assert sorted(examples) == sorted(LENGTHS)
@@ -195,12 +207,12 @@ def test_job_writes_vrs_layout_and_records_a_bad_video(predictor, checkpoint, vi
     for c, category in enumerate(ROBOT_CATEGORIES):
         np.testing.assert_array_equal(np.stack([m[..., 0] > 0 for m in kuka["masks"][category]]), expected[:, c])
 
-    # a rerun has nothing left to do (the failed video is not retried unless asked)
+    # a rerun has nothing left to do (the failed videos are not retried unless asked)
     again = job.run_job(job.plan_from_config(config), predictor)
-    assert again["segmented"] == 0 and again["skipped_already_done"] == len(LENGTHS) + 1
+    assert again["segmented"] == 0 and again["skipped_already_done"] == len(LENGTHS) + len(BAD)
 
 
-def test_killed_job_resumes_without_redoing_finished_videos(predictor, checkpoint, videos_dir, tmp_path):
+def test_killed_job_resumes_without_redoing_finished_videos(checkpoint, videos_dir, job_run, tmp_path):
     """A run on 2 devices (2 videos per step, one per device) is killed right after its first video is recorded;
     the rerun, by 2 processes, segments only the rest, and every output equals an uninterrupted 1-device run's."""
     out = str(tmp_path / "killed")
@@ -237,14 +249,13 @@ def test_killed_job_resumes_without_redoing_finished_videos(predictor, checkpoin
     records = _manifest_records(manifest_dir)
     done = [r["video"] for r in records if r["status"] == "done"]
     assert sorted(done) == sorted(LENGTHS)  # each video once: none of the finished ones was recomputed
-    assert [r["video"] for r in records if r["status"] == "failed"] == [CORRUPT]
+    assert sorted(r["video"] for r in records if r["status"] == "failed") == sorted(BAD)
     assert sorted(os.listdir(manifest_dir)) == ["process_0.jsonl", "process_1.jsonl"]
     summary = json.load(open(os.path.join(out, outputs.SUMMARY_FILE)))
     assert summary["processes"] == 2 and summary["segmented"] == len(LENGTHS) - len(done_before)
     assert not os.path.exists(os.path.join(out, outputs.PARTIAL_DIR))
 
-    uninterrupted = str(tmp_path / "uninterrupted")
-    job.run_job(job.plan_from_config(_segment_config(checkpoint, videos_dir, uninterrupted)), predictor)
+    uninterrupted = job_run[0]
     for video, length in LENGTHS.items():
         np.testing.assert_array_equal(_read_outputs(out, video, length), _read_outputs(uninterrupted, video, length))
 
@@ -263,7 +274,7 @@ class TinyRlds(tfds.core.GeneratorBasedBuilder):
     """An RLDS-style dataset: episodes of `steps` with an `observation/image` camera, as Open X-Embodiment."""
 
     VERSION = tfds.core.Version("1.0.0")
-    LENGTHS = (3, 2)
+    LENGTHS = (3, 2, 0)  # the last episode has no steps
 
     def _info(self) -> tfds.core.DatasetInfo:
         step = {
@@ -295,15 +306,27 @@ def test_rlds_tfds_episodes_segment_end_to_end(predictor, checkpoint, tmp_path):
     out = str(tmp_path / "out")
     config = _segment_config(checkpoint, "tfds:tiny_rlds:train", out, data_dir=data_dir, categories="robot,gripper")
     summary = job.run_job(job.plan_from_config(config), predictor)
-    assert summary["segmented"] == 2 and summary["frames"] == sum(TinyRlds.LENGTHS) and not summary["failed"]
-    episode = builder.as_data_source(split="train")[0]
-    frames = np.stack([np.asarray(step["observation"]["image"]) for step in episode["steps"]])
+    assert summary["segmented"] == 2 and summary["frames"] == sum(TinyRlds.LENGTHS)
+    source = builder.as_data_source(split="train")  # videos are named by their index in the split's order
+    lengths = [len(episode["steps"]) for episode in source]
+    name = lambda length: f"episode_{lengths.index(length):06d}"
+    assert [(f["video"], "has no frames" in f["error"]) for f in summary["failed"]] == [(name(0), True)]
+    frames = np.stack([np.asarray(step["observation"]["image"]) for step in source[lengths.index(3)]["steps"]])
     state = predictor.init_state(frames)
     predictor.add_new_robot(state, 0, ROBOT_CATEGORIES.index("gripper"), "gripper")
     for frame_idx, _, logits in predictor.propagate_in_video(state, robot="gripper"):
-        with Image.open(os.path.join(out, "episode_000000", "001", f"{frame_idx:05d}.png")) as image:
+        with Image.open(os.path.join(out, name(3), "001", f"{frame_idx:05d}.png")) as image:
             np.testing.assert_array_equal(np.asarray(image) > 0, logits[0, 0] > 0)
-    assert sorted(os.listdir(os.path.join(out, "episode_000001"))) == ["001", "002"]  # robot, gripper only
+    assert sorted(os.listdir(os.path.join(out, name(2)))) == ["001", "002"]  # robot, gripper only
+
+    # with the guided filter: upstream's refinement of every frame's mask but the first
+    filtered = str(tmp_path / "filtered")
+    config = _segment_config(checkpoint, "tfds:tiny_rlds:train", filtered, data_dir=data_dir, categories="gripper",
+                             guided_filter=True)
+    job.run_job(job.plan_from_config(config), predictor)
+    for t, frame in enumerate(frames):
+        read = lambda root: np.asarray(Image.open(os.path.join(root, name(3), "001", f"{t:05d}.png"))) > 0
+        np.testing.assert_array_equal(read(filtered), read(out) if t == 0 else refine_mask(read(out), frame))
 
     with pytest.raises(DatasetError, match="steps/observation/wrist"):
         job.plan_from_config(_segment_config(checkpoint, "tfds:tiny_rlds:train", out, data_dir=data_dir,

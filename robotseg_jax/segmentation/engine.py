@@ -22,7 +22,7 @@ import concurrent.futures
 import dataclasses
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -142,7 +142,7 @@ class Segmenter:
         videos_per_step: int = 4,
         read_ahead: int = 4,
         open_ahead: int = 2,
-        keep_rgb=lambda name: False,
+        keep_rgb: Callable[[str], bool] = lambda name: False,
     ):
         if not isinstance(predictor, RobotSegVideoPredictor):
             raise TypeError(f"automatic segmentation needs a RobotSeg predictor, got {type(predictor).__name__}")
