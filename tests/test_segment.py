@@ -12,8 +12,6 @@ import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -28,7 +26,6 @@ from robotseg_jax.errors import ConfigValueError
 from robotseg_jax.evaluation.guided_filter import refine_mask
 from robotseg_jax.inference import SessionFrame, build_video_predictor
 from robotseg_jax.modeling.config import get_model_config
-from robotseg_jax.modeling.robotseg import build_model
 from robotseg_jax.segmentation import job, outputs
 from robotseg_jax.segmentation.engine import FrameMasks, Segmenter, VideoFinished
 from robotseg_jax.segmentation.sources import open_source

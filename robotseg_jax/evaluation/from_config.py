@@ -76,7 +76,7 @@ def load_predictor(config: config_dict.ConfigDict) -> VideoPredictor:
     """The video predictor of `config.model` with the weights of `config.checkpoint` at `config.image_size`, its
     sessions seeded with `config.seed` (RobotSeg's RPG draws; None: fresh ones, as the unseeded original)."""
     try:
-        return build_video_predictor(config.model, config.checkpoint, seed=config.seed, **_overrides(config))
+        return build_video_predictor(config.model, config.checkpoint, seed=config.seed, **model_overrides(config))
     except CheckpointError as err:  # names the file and the problem
         raise ConfigError(f"cannot load the checkpoint: {err}") from err
 
@@ -98,12 +98,13 @@ def run_plan(plan: EvalPlan, predictor: Any) -> EvalRun:
 
 def _check_model(config: config_dict.ConfigDict) -> None:
     try:
-        get_model_config(config.model, **_overrides(config))
+        get_model_config(config.model, **model_overrides(config))
     except ValueError as err:
         raise ConfigError(f"model / image_size: {err}") from err
 
 
-def _overrides(config: config_dict.ConfigDict) -> dict[str, int]:
+def model_overrides(config: config_dict.ConfigDict) -> dict[str, int]:
+    """The model-config overrides of a CLI config: its `image_size`, when set."""
     return {} if config.image_size is None else {"image_size": config.image_size}
 
 

@@ -538,11 +538,11 @@ class VideoPredictor:
         padded = list(frames) + [frames[-1]] * (batch - len(frames))
         inputs = self._frames_inputs([(f.state, f.frame_idx) for f in frames], encode_batch=batch)
         inputs += inputs[-1:] * (len(padded) - len(frames))
-        memories = self._memories([(f.state, obj, f.frame_idx, f.reverse) for f in padded for obj in f.state.objects])
+        memories = self._memories([(f.state, obj, f.frame_idx, f.reverse) for f in frames for obj in f.state.objects])
         num_objects = len(frames[0].state.objects)
-        stack = lambda *xs: jnp.stack(xs)
-        per_session = [jax.tree.map(stack, *memories[v * num_objects : (v + 1) * num_objects]) for v in range(len(padded))]
-        memory = jax.tree.map(stack, *per_session)  # leaves [V, O, ...]
+        memories += memories[-num_objects:] * (len(padded) - len(frames))  # the padding repeats the last session
+        # one stack of every (session, object) memory, viewed as leaves [V, O, ...]
+        memory = jax.tree.map(lambda *xs: jnp.stack(xs).reshape(len(padded), num_objects, *xs[0].shape), *memories)
         keys = [self._robot_keys(f.state.objects) for f in frames]
         keys += keys[-1:] * (len(padded) - len(frames))
         concat = lambda *xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)

@@ -22,6 +22,7 @@ from robotseg_jax import distributed
 from robotseg_jax.checkpoints.convert import CheckpointError
 from robotseg_jax.constants import ROBOT_CATEGORIES
 from robotseg_jax.errors import ConfigValueError, make_output_dir
+from robotseg_jax.evaluation.from_config import model_overrides
 from robotseg_jax.evaluation.guided_filter import refine_mask
 from robotseg_jax.inference import RobotSegVideoPredictor, build_video_predictor
 from robotseg_jax.modeling.config import RobotSegConfig, get_model_config
@@ -50,7 +51,7 @@ def plan_from_config(config: config_dict.ConfigDict) -> SegmentPlan:
     if config.max_videos is not None and config.max_videos < 1:
         raise ConfigValueError(f"max_videos must be at least 1, got {config.max_videos}")
     try:
-        model = get_model_config(config.model, **_overrides(config))
+        model = get_model_config(config.model, **model_overrides(config))
     except ValueError as err:
         raise ConfigValueError(f"model / image_size: {err}") from err
     if not isinstance(model, RobotSegConfig):
@@ -79,7 +80,7 @@ def load_predictor(config: config_dict.ConfigDict) -> RobotSegVideoPredictor:
     try:
         return build_video_predictor(
             config.model, config.checkpoint, seed=config.seed, compute_dtype=config.compute_dtype,
-            devices=jax.local_devices(), **_overrides(config),
+            devices=jax.local_devices(), **model_overrides(config),
         )
     except CheckpointError as err:  # names the file and the problem
         raise ConfigValueError(f"cannot load the checkpoint: {err}") from err
@@ -171,6 +172,3 @@ def _merged(parts: list[dict], config: config_dict.ConfigDict) -> dict[str, Any]
         "config": config.to_dict(),
     }
 
-
-def _overrides(config: config_dict.ConfigDict) -> dict[str, int]:
-    return {} if config.image_size is None else {"image_size": config.image_size}
