@@ -78,7 +78,16 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
     model_overrides = {"image_size": config.image_size, **config.model_overrides}
     model_config = get_model_config(config.model, **model_overrides)
     model = build_model(model_config)
-    params = initial_params(model_config, config.init_checkpoint, config.seed)
+    checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config.async_checkpoints)
+    param_shardings = lambda abstract: sharding.param_shardings(abstract, mesh, config.mesh.fsdp_rules)
+    if checkpoints.latest_step() is None:
+        params = initial_params(model_config, config.init_checkpoint, config.seed, shardings=param_shardings)
+        params = sharding.shard_params(params, mesh, config.mesh.fsdp_rules)
+    else:
+        # A restart takes its params from the checkpoint: nothing is initialised or loaded (the init checkpoint need
+        # not be there any more), only the shapes and shardings to restore into.
+        abstract = jax.eval_shape(lambda: initial_params(model_config, None, config.seed))
+        params = sharding.with_shardings(abstract, param_shardings)
     inputs.ensure_dataset(config.data, log=logging.info)
     train_iter, steps_per_epoch = inputs.make_iterator(config.data, config.image_size, config.seed)
     total_steps = config.total_steps or config.num_epochs * steps_per_epoch
@@ -86,7 +95,6 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
     # optimizer, state placed on the mesh
     optimizer_config = dataclass_from_config(OptimizerConfig, config.optimizer, total_steps=total_steps)
     optimizer = make_optimizer(params, optimizer_config)
-    params = sharding.shard_params(params, mesh, config.mesh.fsdp_rules)
     state = sharding.init_sharded(lambda p: init_train_state(p, optimizer, config.seed), params, mesh)
     state_shardings = jax.tree.map(lambda leaf: leaf.sharding, state)
     step_config = _step_config(config)
@@ -100,7 +108,6 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict:
         donate_argnums=0,
     )
 
-    checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config.async_checkpoints)
     restored = checkpoints.restore_latest(state, train_iter)
     if restored is not None:
         state = restored

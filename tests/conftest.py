@@ -8,6 +8,8 @@ fixtures below are marked automatically.
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 
@@ -15,6 +17,26 @@ import jax
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_created_cache = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    """One persistent compilation cache for the whole run: the xdist workers and every process a test starts
+    (which inherit the variable) compile each program once, e.g. the random init that every training run, in
+    process or not, compiles alike. The first process to configure (the xdist controller) creates it; it is removed
+    at the end unless it was given."""
+    if _CACHE_ENV not in os.environ:
+        os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="robotseg_jax_test_cache_")
+        config.stash[_created_cache] = os.environ[_CACHE_ENV]
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+
+
+def pytest_unconfigure(config):
+    if created := config.stash.get(_created_cache, None):
+        shutil.rmtree(created, ignore_errors=True)
+
 
 # Fixtures that build sam2 models: a test that uses one (directly or through another fixture) needs the reference.
 REFERENCE_FIXTURES = ("sam21_reference", "sam21_checkpoint_reference", "sam21_checkpoint")

@@ -38,6 +38,8 @@ SEED = 3
 # whose third JPEG is not a JPEG, one whose second frame has another size.
 LENGTHS = {"sim_00000_panda": 6, "sim_00001_kuka_iiwa": 3, "sim_00002_xarm6": 6, "single_frame": 1}
 BAD = {"corrupt": "00002.jpg", "resized": "frame 1 of"}
+# One xdist worker runs this file, so that its model, predictor and job run are built once.
+pytestmark = pytest.mark.xdist_group("segment")
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
-"""Training end to end on a tiny VRS-Sim: the CLI with config overrides, resuming after SIGTERM with the same
-losses, a seeded run repeating its evaluation exactly, a non-finite batch skipped, and the paper config running one
-step at a reduced size.
+"""Training end to end on a tiny VRS-Sim: the CLI with config overrides, a run resumed after SIGTERM repeating the
+uninterrupted run's losses, params and seeded evaluation, a non-finite batch skipped, SAM 2's fine-tuning step, and
+the paper config running one step at a reduced size.
 
-The sharded step on 8 simulated devices is in test_train_sharded.py (it needs its own process)."""
+The loop's tests use configs/quickstart.py:tiny's slim trunk (its mechanics do not depend on the depth, and the
+programs compile in half the time); the paper-config test keeps the full architecture. The sharded step is in
+test_sharding.py (it needs its own process)."""
 
 import functools
 import json
@@ -24,45 +26,52 @@ from robotseg_jax.train import train_and_evaluate
 from robotseg_jax.training.optimizer import OptimizerConfig, make_optimizer
 from robotseg_jax.training.prompts import ROBOTSEG, PromptPlan, draw_prompts
 from robotseg_jax.training.train_step import StepConfig, init_train_state, train_step
-from tests.train_runs import REPO, logged, train_command
+from tests.train_runs import REPO, TINY, checkpointed_params, logged, train_command
 
 SIZE = 64
+STEPS = 4
+# configs/quickstart.py:tiny's trunk (4 Hiera blocks, one global) and memory-attention MLP.
+TINY_MODEL = quickstart.get_config("tiny").model_overrides.to_dict()
 # Each test here takes several GB of RAM: under xdist one worker runs them in sequence (pyproject's loadgroup).
 pytestmark = pytest.mark.xdist_group("training")
 
 
-def _overrides(sim_data, workdir, cache, total_steps=4) -> list[str]:
-    """Command-line overrides of configs/quickstart.py for a run of a few seconds per step."""
+def _tiny_run(sim_data, cache) -> list[str]:
+    """configs/quickstart.py:tiny for 4 steps on the shared tiny VRS-Sim, then its final evaluation (AU, whole
+    robot) on one of the training videos."""
     return [
-        f"--config.total_steps={total_steps}",
-        f"--config.image_size={SIZE}",
+        f"--config.total_steps={STEPS}",
         f"--config.data.data_dir={sim_data.data_dir}",
         f"--config.data.sim.out={sim_data.sim.out}",
-        "--config.data.sampler=uniform",
-        "--config.data.num_frames=2",
         "--config.data.batch_size=2",
-        "--config.prompts.prob_robot=1.0",
-        "--config.prompts.prob_point=0.0",
-        "--config.checkpoint_every_steps=1",
-        "--config.log_every_steps=1",
-        "--config.eval.every_steps=0",
-        "--config.final_eval.enabled=False",
+        "--config.final_eval.enabled=True",
+        "--config.final_eval.split=train",
+        "--config.final_eval.max_videos=1",
+        "--config.final_eval.compare_untrained=False",
         f"--config.compilation_cache_dir={cache}",
     ]
 
 
-def test_resume_after_sigterm_repeats_the_uninterruptedlogged(sim_data, tmp_path):
-    cache = tmp_path / "jax_cache"
-    env = {**os.environ, "PYTHONPATH": REPO}
+def test_a_run_resumed_after_sigterm_repeats_the_uninterrupted_run_and_its_evaluation(sim_data, tmp_path):
+    """Through the CLI: an uninterrupted run; the same run stopped by SIGTERM after its first checkpoint, then
+    rerun in its workdir. The resumed run logs the same losses, ends with the same params and scores the same J&F
+    in its final evaluation (RPG's draws there are seeded by the run's seed); results.json records the seeds and
+    the CLI prints the summary."""
+    overrides, env = _tiny_run(sim_data, tmp_path / "jax_cache"), {**os.environ, "PYTHONPATH": REPO}
     full = tmp_path / "full"
-    subprocess.run(train_command(full, _overrides(sim_data, full, cache)), check=True, cwd=REPO, env=env,
-                   capture_output=True)
+    run = subprocess.run(train_command(full, overrides, TINY), cwd=REPO, env=env, capture_output=True)
+    assert run.returncode == 0, run.stderr.decode()[-3000:]
     expected = logged(full)
-    assert sorted(expected) == [1, 2, 3, 4]
-    assert sorted(os.listdir(full / "checkpoints")) == ["3", "4"]  # keep_checkpoints=2, the command-line override
+    assert sorted(expected) == list(range(1, STEPS + 1))
+    assert sorted(os.listdir(full / "checkpoints")) == ["3", "4"]  # keep_checkpoints=2
+    expected_results = _results(full)
+    assert expected_results["trained"]["scores"]  # a score was computed
+    assert expected_results["seeds"] == {"seed": 0, "data.sim.seed": 0}
+    printed = json.loads(run.stdout.decode()[run.stdout.decode().index("{"):])
+    assert printed == {"trained": expected_results["trained"]["J&F"], "steps": STEPS, "seeds": expected_results["seeds"]}
 
     interrupted = tmp_path / "interrupted"
-    command = train_command(interrupted, _overrides(sim_data, interrupted, cache))
+    command = train_command(interrupted, overrides, TINY)
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not (interrupted / "checkpoints" / "1").is_dir() and time.time() < deadline and process.poll() is None:
@@ -71,54 +80,32 @@ def test_resume_after_sigterm_repeats_the_uninterruptedlogged(sim_data, tmp_path
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr.decode()[-3000:]
     stopped_at = max(int(s) for s in os.listdir(interrupted / "checkpoints"))
-    assert stopped_at < 4, "SIGTERM arrived too late to interrupt the run"
+    assert stopped_at < STEPS, "SIGTERM arrived too late to interrupt the run"
     assert b"preemption signal" in stderr
+    assert not (interrupted / "results.json").exists()  # a preempted run does not evaluate
 
-    subprocess.run(command, check=True, cwd=REPO, env=env, capture_output=True)
+    resumed_run = subprocess.run(command, cwd=REPO, env=env, capture_output=True)
+    assert resumed_run.returncode == 0, resumed_run.stderr.decode()[-3000:]
+    assert f"resumed from step {stopped_at}".encode() in resumed_run.stderr
     resumed = logged(interrupted)
-    assert sorted(resumed) == [1, 2, 3, 4]
-    np.testing.assert_allclose([resumed[s] for s in range(1, 5)], [expected[s] for s in range(1, 5)], rtol=1e-5)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([resumed[s] for s in resumed], [expected[s] for s in resumed], rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(checkpointed_params(interrupted, STEPS)),
+                         jax.tree.leaves(checkpointed_params(full, STEPS))):
+        np.testing.assert_array_equal(got, want)
+    results = _results(interrupted)
+    assert {k: results["trained"][k] for k in ("J&F", "scores")} == {
+        k: expected_results["trained"][k] for k in ("J&F", "scores")}  # all but the timing
+    assert results["seeds"] == expected_results["seeds"]
 
 
-def test_a_seeded_run_repeats_its_evaluation_exactly(tmp_path):
-    """Training, then the final evaluation, twice with the same seed through the CLI: identical J&F (the evaluation
-    seeds RPG's draws with the run's seed); results.json records the seeds and the CLI prints the summary."""
-    overrides = [
-        "--config.total_steps=1",
-        f"--config.image_size={SIZE}",
-        f"--config.data.data_dir={tmp_path / 'tfds'}",
-        f"--config.data.sim.out={tmp_path / 'layout'}",
-        "--config.data.sim.videos=6",  # 2 xArm6 videos held out for the evaluation
-        "--config.data.sim.frames=4",
-        f"--config.data.sim.size={SIZE}",
-        "--config.data.sim.workers=1",
-        "--config.data.sampler=uniform",
-        "--config.data.num_frames=2",
-        "--config.data.batch_size=2",
-        "--config.prompts.prob_robot=1.0",
-        "--config.prompts.prob_point=0.0",
-        "--config.eval.every_steps=0",
-        "--config.final_eval.compare_untrained=False",
-        "--config.final_eval.max_videos=1",
-        f"--config.compilation_cache_dir={tmp_path / 'jax_cache'}",
-    ]
-    env = {**os.environ, "PYTHONPATH": REPO}
-    results, printed = [], []
-    for name in ("first", "second"):
-        run = subprocess.run(train_command(tmp_path / name, overrides), cwd=REPO, env=env, capture_output=True)
-        assert run.returncode == 0, run.stderr.decode()[-3000:]
-        printed.append(json.loads(run.stdout.decode()[run.stdout.decode().index("{"):]))
-        with open(tmp_path / name / "results.json") as f:
-            results.append(json.load(f))
-    scores = [{key: r["trained"][key] for key in ("J&F", "scores")} for r in results]  # all but the timing
-    assert scores[0] == scores[1]
-    assert scores[0]["scores"]  # a score was computed, on the held-out video
-    assert results[1]["seeds"] == {"seed": 0, "data.sim.seed": 0}
-    assert printed[1] == {"trained": results[1]["trained"]["J&F"], "steps": 1, "seeds": results[1]["seeds"]}
+def _results(workdir) -> dict:
+    with open(workdir / "results.json") as f:
+        return json.load(f)
 
 
 def _tiny_step(model_name="robotseg_hiera_t", plan=None, step_config=None, num_frames=2, batch=1):
-    config = get_model_config(model_name, image_size=SIZE)
+    config = get_model_config(model_name, image_size=SIZE, **TINY_MODEL)
     model = build_model(config)
     params = initial_params(config, None, seed=0)
     optimizer = make_optimizer(params, OptimizerConfig(total_steps=10))

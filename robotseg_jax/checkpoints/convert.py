@@ -20,7 +20,7 @@ import json
 import os
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -257,14 +257,27 @@ def load_checkpoint(path: str | os.PathLike, config: SAM2Config) -> dict:
     return torch_to_params(load_torch_state_dict(path), config, source=str(path))
 
 
-def initial_params(config: SAM2Config, checkpoint: str | os.PathLike | None, seed: int) -> dict:
+def initial_params(
+    config: SAM2Config,
+    checkpoint: str | os.PathLike | None,
+    seed: int,
+    shardings: Callable[[dict], Any] | None = None,
+) -> dict:
     """Training's starting params: random (`checkpoint` None), an orbax directory, or an official `.pt`. A SAM 2.1
     `.pt` for a RobotSeg model initialises it as RobotSeg's training does (`init_from_sam2`). Loading errors are
-    CheckpointErrors, as in `load_checkpoint`."""
+    CheckpointErrors, as in `load_checkpoint`.
+
+    shardings: maps the params' abstract tree (ShapeDtypeStructs) to their shardings. A random init is then one
+    program over those devices, each computing only its own shards, with the same values (JAX's partitionable
+    threefry draws do not depend on the sharding); every process of a multi-process run compiles that same
+    program, so it can share it. Loaded params are returned unplaced."""
     if checkpoint is None:
         small = dataclasses.replace(config, image_size=INIT_IMAGE_SIZE)
         images = jnp.zeros((1, small.image_size, small.image_size, 3), jnp.float32)
-        return jax.jit(build_model(small).init)(jax.random.key(seed), images)["params"]
+        init = lambda key: build_model(small).init(key, images)["params"]
+        key = jax.random.key(seed)
+        out_shardings = None if shardings is None else shardings(jax.eval_shape(init, key))
+        return jax.jit(init, out_shardings=out_shardings)(key)
     if os.path.isdir(checkpoint):
         return load_params(checkpoint, config)[0]
     state_dict = load_torch_state_dict(checkpoint)

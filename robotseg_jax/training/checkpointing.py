@@ -58,9 +58,14 @@ class TrainCheckpoints:
         )
         self.manager.save(step, args=args, metrics=metrics, force=force)
 
+    def latest_step(self) -> int | None:
+        """The step of the latest complete checkpoint; None if none."""
+        return self.manager.latest_step()
+
     def restore_latest(self, state: TrainState, iterator: grain.DatasetIterator) -> TrainState | None:
-        """The latest checkpoint into `state`'s structure and shardings (and `iterator`, in place); None if none."""
-        step = self.manager.latest_step()
+        """The latest checkpoint into `state`'s structure and shardings (and `iterator`, in place); None if none.
+        `state` may be abstract (ShapeDtypeStructs with shardings)."""
+        step = self.latest_step()
         if step is None:
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -75,11 +75,22 @@ def shard_params(params, mesh: Mesh, fsdp_rules: Sequence[str] = (".*",)):
     return jax.device_put(params, param_shardings(params, mesh, fsdp_rules))
 
 
+def with_shardings(abstract, shardings_of):
+    """ShapeDtypeStructs like `abstract` with the shardings `shardings_of(abstract)` gives them."""
+    return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract,
+                        shardings_of(abstract))
+
+
 def init_sharded(init_fn, params, mesh: Mesh):
     """`init_fn(params)` (e.g. an optax `init`) on the mesh: leaves derived from a parameter (Adam's moments) keep
-    its sharding by propagation; the rest (step counts, constants) are replicated instead of left on one device."""
+    its sharding by propagation; the rest (step counts, constants) are replicated instead of left on one device.
+
+    Abstract params (ShapeDtypeStructs with shardings, see `with_shardings`) give the abstract result with the
+    shardings it would have, from compiling `init_fn` without running it: a restore target."""
+    on_mesh = lambda s: s if isinstance(s, NamedSharding) else replicated(mesh)
+    if all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(params)):
+        shapes = jax.eval_shape(init_fn, params)
+        shardings = jax.jit(init_fn).lower(params).compile().output_shardings
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_mesh(sh)), shapes, shardings)
     state = jax.jit(init_fn)(params)
-    return jax.tree.map(
-        lambda leaf: leaf if isinstance(leaf.sharding, NamedSharding) else jax.device_put(leaf, replicated(mesh)),
-        state,
-    )
+    return jax.tree.map(lambda leaf: jax.device_put(leaf, on_mesh(leaf.sharding)), state)
