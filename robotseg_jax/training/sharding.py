@@ -89,8 +89,7 @@ def init_sharded(init_fn, params, mesh: Mesh):
     shardings it would have, from compiling `init_fn` without running it: a restore target."""
     on_mesh = lambda s: s if isinstance(s, NamedSharding) else replicated(mesh)
     if all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(params)):
-        shapes = jax.eval_shape(init_fn, params)
-        shardings = jax.jit(init_fn).lower(params).compile().output_shardings
-        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_mesh(sh)), shapes, shardings)
+        out = jax.jit(init_fn).lower(params).compile().out_info  # ShapeDtypeStructs with the compiled shardings
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_mesh(s.sharding)), out)
     state = jax.jit(init_fn)(params)
     return jax.tree.map(lambda leaf: jax.device_put(leaf, on_mesh(leaf.sharding)), state)
