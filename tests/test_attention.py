@@ -1,4 +1,5 @@
-"""The blocked attention path equals plain softmax attention (and jax.nn's), with and without a key mask."""
+"""The blocked attention paths (batch blocks, query blocks, padded or not) equal plain softmax attention (and
+jax.nn's), with and without a key mask."""
 
 import jax
 import jax.numpy as jnp
@@ -23,13 +24,22 @@ def _reference(q, k, v, key_mask=None):
     return tokens_first(out)
 
 
-@pytest.mark.parametrize("num_q,num_k,heads", [(256, 96, 2), (96, 300, 1), (64, 1000, 3)])
-def test_blocked_equals_plain(monkeypatch, num_q, num_k, heads):
-    q, k, v = _inputs(2, heads, num_q, num_k, 16)
-    key_mask = jnp.asarray(np.random.default_rng(1).random((2, num_k)) > 0.3)
+@pytest.mark.parametrize(
+    "batch,num_q,num_k,heads,plan",
+    [
+        (2, 256, 96, 2, (2, 8)),  # query blocks
+        (2, 100, 96, 2, (2, 8)),  # query blocks, the last one padded
+        (2, 64, 1000, 3, (2, 1)),
+        (6, 20, 30, 2, (0, 3)),  # blocks of whole batch items
+        (7, 20, 30, 2, (0, 3)),  # batch blocks, the last one padded
+    ],
+)
+def test_blocked_equals_plain(monkeypatch, batch, num_q, num_k, heads, plan):
+    q, k, v = _inputs(batch, heads, num_q, num_k, 16)
+    key_mask = jnp.asarray(np.random.default_rng(1).random((batch, num_k)) > 0.3)
     plain = [(m, dot_product_attention(q, k, v, m)) for m in (None, key_mask)]
-    monkeypatch.setattr(attention, "BLOCK_LOGITS", 4096)  # forces blocks of at most 4096 / (heads * keys) queries
-    assert attention._query_block(num_q, 2 * heads * num_k) < num_q
+    monkeypatch.setattr(attention, "BLOCK_LOGITS", 4096)  # forces blocks of at most 4096 logits
+    assert attention.block_plan(batch, heads, num_q, num_k) == plan
     for mask, expected in plain:
         blocked = dot_product_attention(q, k, v, mask)
         np.testing.assert_allclose(blocked, expected, atol=2e-6)
@@ -45,8 +55,18 @@ def test_query_without_valid_keys_outputs_zeros(monkeypatch):
     np.testing.assert_allclose(out[1:], _reference(q[1:], k[1:], v[1:], key_mask[1:]), atol=2e-6)
 
 
-def test_query_block_is_a_dividing_power_of_two():
-    assert attention._query_block(4096, 4 * 4096) == 256  # a 1024 px global Hiera block: 4 heads x 4096 keys
-    assert attention._query_block(4096, 28736) == 128  # memory attention with 7 memories and 64 pointer tokens
-    assert attention._query_block(96, 1 << 20) == 4  # 96 = 32 x 3: blocks of 4 fit 4 Mi logits
-    assert attention._query_block(64, 64) == 64  # small: not blocked
+def test_block_plan_at_the_model_sizes():
+    assert attention.block_plan(1, 4, 4096, 4096) == (2, 256)  # a 1024 px global Hiera block: 4 heads x 4096 keys
+    assert attention.block_plan(1, 1, 4096, 28736) == (2, 128)  # memory attention, 7 memories and 64 pointer tokens
+    assert attention.block_plan(32, 4, 196, 196) == (0, 16)  # 256 px, stage 3: 4 windows of 14 x 14 x 8 frames
+    assert attention.block_plan(512, 1, 64, 64) is None  # 256 px, stage 1: 8 x 8 windows, plain
+
+
+def test_blocked_gradients_equal_plain(monkeypatch):
+    q, k, v = _inputs(5, 2, 20, 30, 8)
+    loss = lambda q, k, v: (dot_product_attention(q, k, v) ** 2).sum()
+    expected = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+    for budget in (4096, 256):  # batch blocks, then query blocks
+        monkeypatch.setattr(attention, "BLOCK_LOGITS", budget)
+        for got, want in zip(jax.grad(loss, argnums=(0, 1, 2))(q, k, v), expected):
+            np.testing.assert_allclose(got, want, atol=1e-5)

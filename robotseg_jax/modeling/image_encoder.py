@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from robotseg_jax.modeling.common import resize_nearest
+from robotseg_jax.modeling.common import PointwiseConv, resize_nearest
 from robotseg_jax.modeling.config import SAM2Config
 from robotseg_jax.modeling.hiera import Hiera
 from robotseg_jax.modeling.position_encoding import sine_position_encoding
@@ -21,7 +21,7 @@ class LateralConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.Conv(self.features, (1, 1), name="conv")(x)
+        return PointwiseConv(self.features, name="conv")(x)
 
 
 class FpnNeck(nn.Module):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from robotseg_jax.constants import ROBOT_CATEGORIES
 from robotseg_jax.errors import UserError
-from robotseg_jax.modeling.common import MLP, gelu, layer_norm
+from robotseg_jax.modeling.common import MLP, Dense, PointwiseConv, gelu, layer_norm
 from robotseg_jax.modeling.two_way_transformer import TwoWayTransformer
 
 
@@ -72,14 +72,14 @@ class MaskDecoder(nn.Module):
         self.mask_tokens = nn.Embed(self.num_mask_tokens, dim)
         if self.pred_obj_scores:
             self.obj_score_token = nn.Embed(1, dim)
-            self.pred_obj_score_head = MLP(dim, 1, 3) if self.pred_obj_scores_mlp else nn.Dense(1)
+            self.pred_obj_score_head = MLP(dim, 1, 3) if self.pred_obj_scores_mlp else Dense(1)
         # sam2's nn.Sequential; indices 2 and 4 are its parameter-free GELUs.
         self.output_upscaling_0 = ConvTranspose2x2(dim // 4)
         self.output_upscaling_1 = layer_norm(1e-6)
         self.output_upscaling_3 = ConvTranspose2x2(dim // 8)
         if self.use_high_res_features:
-            self.conv_s0 = nn.Conv(dim // 8, (1, 1))
-            self.conv_s1 = nn.Conv(dim // 4, (1, 1))
+            self.conv_s0 = PointwiseConv(dim // 8)
+            self.conv_s1 = PointwiseConv(dim // 4)
         self.output_hypernetworks_mlps = [MLP(dim, dim // 8, 3) for _ in range(self.num_mask_tokens)]
         self.iou_prediction_head = MLP(
             self.iou_head_hidden_dim,

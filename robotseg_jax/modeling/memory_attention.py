@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robotseg_jax.modeling.attention import dot_product_attention
-from robotseg_jax.modeling.common import layer_norm
+from robotseg_jax.modeling.common import Dense, layer_norm
 
 
 @functools.lru_cache(maxsize=16)
@@ -82,9 +82,9 @@ class RoPEAttention(nn.Module):
         if k.shape[-1] != kv_in_dim or v.shape[-1] != kv_in_dim:
             raise ValueError(f"k and v must have {kv_in_dim} channels, got {k.shape} and {v.shape}")
         head_dim = self.embedding_dim // self.num_heads
-        q = self._separate_heads(nn.Dense(self.embedding_dim, name="q_proj")(q))
-        k = self._separate_heads(nn.Dense(self.embedding_dim, name="k_proj")(k))
-        v = self._separate_heads(nn.Dense(self.embedding_dim, name="v_proj")(v))
+        q = self._separate_heads(Dense(self.embedding_dim, name="q_proj")(q))
+        k = self._separate_heads(Dense(self.embedding_dim, name="k_proj")(k))
+        v = self._separate_heads(Dense(self.embedding_dim, name="v_proj")(v))
 
         num_q = q.shape[-2]
         side = math.isqrt(num_q)
@@ -106,7 +106,7 @@ class RoPEAttention(nn.Module):
         if not deterministic and self.dropout > 0:
             dropout = lambda probs: nn.Dropout(self.dropout)(probs, deterministic=False)
         out = dot_product_attention(q, k, v, key_mask, dropout)
-        return nn.Dense(self.embedding_dim, name="out_proj")(self._recombine_heads(out))
+        return Dense(self.embedding_dim, name="out_proj")(self._recombine_heads(out))
 
     def _separate_heads(self, x: jax.Array) -> jax.Array:
         batch, tokens, channels = x.shape
@@ -141,8 +141,8 @@ class MemoryAttentionLayer(nn.Module):
         )
         self.self_attn = attention()
         self.cross_attn_image = attention(rope_k_repeat=True, kv_in_dim=self.kv_in_dim)
-        self.linear1 = nn.Dense(self.dim_feedforward)
-        self.linear2 = nn.Dense(self.d_model)
+        self.linear1 = Dense(self.dim_feedforward)
+        self.linear2 = Dense(self.d_model)
         self.norm1, self.norm2, self.norm3 = layer_norm(1e-5), layer_norm(1e-5), layer_norm(1e-5)
         self.ffn_dropout = nn.Dropout(self.dropout)  # torch's `dropout` (no params; that name holds the rate here)
         self.dropout1 = nn.Dropout(self.dropout)

@@ -10,7 +10,8 @@ The rules of `SAM2Base._prepare_memory_conditioned_features` live here twice, fo
 - `select_memory` + `pack_memory`: plain Python over frame indices, for the video predictor, whose frames and
   prompts arrive one call at a time;
 - `ClipMemory`: the same rules for training (stride 1, forward in time) as array arithmetic on a slot per clip
-  frame, so that the memory of a stage is a function of a traced stage index (one `lax.scan` body for all stages).
+  frame, so that the memory of a stage is a function of a traced stage index (one `lax.scan` body for all stages);
+  a stage whose memory is known while tracing (unrolled) gets its selected slots only.
 The tests hold the two equal.
 """
 
@@ -240,34 +241,51 @@ class ClipMemory:
         entries = jax.tree.map(lambda slots, x: slots.at[t].set(x.astype(slots.dtype)), self.entries, entry)
         return ClipMemory(entries, self.stored.at[t].set(True), self.is_cond.at[t].set(is_cond))
 
-    def inputs_for(self, config: SAM2Config, t) -> MemoryInputs:
+    def inputs_for(self, config: SAM2Config, t, present: tuple[np.ndarray, np.ndarray] | None = None) -> MemoryInputs:
         """What stage `t` attends to in training (forward tracking, stride 1), as `select_memory` with
         training=True: every conditioning frame (temporal position 0), the tracked frames t-1 .. t-(n-1)
         (n = num_maskmem) at positions n-1 .. 1, and the pointers of every conditioning frame and of the tracked
         frames t-1 .. t-(P-1) (P = min(T, max_obj_ptrs_in_encoder)) with their signed temporal distance. Slots are
         in frame order rather than sam2's concatenation order, which attention does not see (it is
-        permutation-invariant over memory tokens)."""
+        permutation-invariant over memory tokens).
+
+        present: `(stored, is_cond)` as numpy arrays, when they and `t` are known while tracing (a stage outside a
+        scan). The inputs then hold only the selected frames, so that a stage with one memory attends over one
+        slot; otherwise every clip frame is a slot and the selection is a mask (`t` may be traced).
+        """
         if config.max_cond_frames_in_attn != -1:
             raise NotImplementedError("training attends to every conditioning frame (max_cond_frames_in_attn=-1)")
+        xp, (stored, is_cond) = (jnp, (self.stored, self.is_cond)) if present is None else (np, present)
         num_frames = self.stored.shape[0]
-        distance = t - jnp.arange(num_frames)
-        tracked = self.stored & ~self.is_cond
-        spatial_valid = (self.stored & self.is_cond) | (tracked & (distance >= 1) & (distance <= config.num_maskmem - 1))
-        tpos_index = jnp.where(self.is_cond, config.num_maskmem - 1, distance - 1)
         max_ptrs = min(num_frames, config.max_obj_ptrs_in_encoder)
-        obj_ptrs = self.entries.obj_ptr
+        distance = t - xp.arange(num_frames)
+        tracked = stored & ~is_cond
+        within = lambda n: tracked & (distance >= 1) & (distance <= n - 1)  # the n-1 previous tracked frames
+        spatial_valid = (stored & is_cond) | within(config.num_maskmem)
+        tpos_index = xp.clip(xp.where(is_cond, config.num_maskmem - 1, distance - 1), 0, config.num_maskmem - 1)
+        entries = self.entries
         if config.use_obj_ptrs_in_encoder:
-            ptr_valid = (self.stored & self.is_cond) | (tracked & (distance >= 1) & (distance <= max_ptrs - 1))
-            ptr_tpos = (distance if config.use_signed_tpos_enc_to_obj_ptrs else jnp.abs(distance)).astype(jnp.float32)
+            ptr_valid = (stored & is_cond) | within(max_ptrs)
+            ptr_tpos = distance if config.use_signed_tpos_enc_to_obj_ptrs else xp.abs(distance)
         else:
-            obj_ptrs, ptr_valid, ptr_tpos = obj_ptrs[:0], jnp.zeros((0,), bool), jnp.zeros((0,), jnp.float32)
+            entries = entries.replace(obj_ptr=entries.obj_ptr[:0])
+            ptr_valid, ptr_tpos = xp.zeros((0,), bool), xp.zeros((0,), xp.int32)
+        if present is not None:  # keep the selected slots only
+            spatial, pointers = np.flatnonzero(spatial_valid), np.flatnonzero(ptr_valid)
+            entries = MemoryEntry(
+                entries.maskmem_features[spatial],
+                entries.obj_ptr[pointers],
+                None if entries.foreground is None else entries.foreground[spatial],
+            )
+            tpos_index, ptr_tpos = tpos_index[spatial], ptr_tpos[pointers]
+            spatial_valid, ptr_valid = np.ones(len(spatial), bool), np.ones(len(pointers), bool)
         return MemoryInputs(
-            maskmem_features=self.entries.maskmem_features,
-            maskmem_tpos_index=jnp.clip(tpos_index, 0, config.num_maskmem - 1).astype(jnp.int32),
-            maskmem_valid=spatial_valid,
-            obj_ptrs=obj_ptrs,
-            obj_ptr_tpos=ptr_tpos,
-            obj_ptr_valid=ptr_valid,
+            maskmem_features=entries.maskmem_features,
+            maskmem_tpos_index=jnp.asarray(tpos_index, jnp.int32),
+            maskmem_valid=jnp.asarray(spatial_valid),
+            obj_ptrs=entries.obj_ptr,
+            obj_ptr_tpos=jnp.asarray(ptr_tpos, jnp.float32),
+            obj_ptr_valid=jnp.asarray(ptr_valid),
             tpos_scale=jnp.asarray(max(1, max_ptrs - 1), jnp.float32),
-            maskmem_foreground=self.entries.foreground,
+            maskmem_foreground=entries.foreground,
         )

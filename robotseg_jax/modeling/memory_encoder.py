@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from robotseg_jax.modeling.common import drop_path, gelu, layer_norm
+from robotseg_jax.modeling.common import Dense, DepthwiseConv, PointwiseConv, drop_path, gelu, layer_norm
 from robotseg_jax.modeling.position_encoding import sine_position_encoding
 
 
@@ -48,7 +48,7 @@ class MaskDownSampler(nn.Module):
             )(x)
             x = layer_norm(1e-6, name=f"encoder_{3 * stage + 1}")(x)
             x = gelu(x)
-        return nn.Conv(self.embed_dim, (1, 1), name=f"encoder_{3 * num_stages}")(x)
+        return PointwiseConv(self.embed_dim, name=f"encoder_{3 * num_stages}")(x)
 
 
 class CXBlock(nn.Module):
@@ -62,17 +62,10 @@ class CXBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        pad = self.padding
-        y = nn.Conv(
-            self.dim,
-            (self.kernel_size, self.kernel_size),
-            padding=((pad, pad), (pad, pad)),
-            feature_group_count=self.dim,
-            name="dwconv",
-        )(x)
+        y = DepthwiseConv(self.kernel_size, self.padding, name="dwconv")(x)
         y = layer_norm(1e-6, name="norm")(y)
-        y = nn.Dense(4 * self.dim, name="pwconv1")(y)
-        y = nn.Dense(self.dim, name="pwconv2")(gelu(y))
+        y = Dense(4 * self.dim, name="pwconv1")(y)
+        y = Dense(self.dim, name="pwconv2")(gelu(y))
         gamma = self.param("gamma", nn.initializers.constant(self.layer_scale_init_value), (self.dim,))
         y = gamma * y
         use_rng = not deterministic and self.drop_path_rate > 0.0
@@ -112,10 +105,10 @@ class MemoryEncoder(nn.Module):
         if not skip_mask_sigmoid:
             masks = jax.nn.sigmoid(masks)
         mask_features = MaskDownSampler(self.in_dim, name="mask_downsampler")(masks)
-        x = nn.Conv(self.in_dim, (1, 1), name="pix_feat_proj")(pix_feat) + mask_features
+        x = PointwiseConv(self.in_dim, name="pix_feat_proj")(pix_feat) + mask_features
         x = Fuser(self.in_dim, self.fuser_num_layers, name="fuser")(x)
         if self.out_dim != self.in_dim:  # torch uses nn.Identity otherwise
-            x = nn.Conv(self.out_dim, (1, 1), name="out_proj")(x)
+            x = PointwiseConv(self.out_dim, name="out_proj")(x)
         batch, height, width, _ = x.shape
         pos = jnp.asarray(sine_position_encoding(height, width, self.out_dim), dtype=x.dtype)
         pos = jnp.broadcast_to(pos, (batch, height, width, self.out_dim))

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robotseg_jax.modeling.common import gelu, layer_norm
+from robotseg_jax.modeling.common import PointwiseConv, gelu, layer_norm
 
 # Point labels: -1 padding ("not a point"), 0 negative click, 1 positive click, 2/3 box top-left/bottom-right.
 NOT_A_POINT = -1
@@ -72,7 +72,7 @@ class PromptEncoder(nn.Module):
         self.mask_downscaling_1 = layer_norm(1e-6)
         self.mask_downscaling_3 = nn.Conv(self.mask_in_chans, (2, 2), strides=(2, 2), padding="VALID")
         self.mask_downscaling_4 = layer_norm(1e-6)
-        self.mask_downscaling_6 = nn.Conv(self.embed_dim, (1, 1))
+        self.mask_downscaling_6 = PointwiseConv(self.embed_dim)
         self.no_mask_embed = nn.Embed(1, self.embed_dim)
 
     @property

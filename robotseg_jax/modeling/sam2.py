@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from robotseg_jax.constants import POINT_LABELS
-from robotseg_jax.modeling.common import MLP, resize_bilinear_nchw
+from robotseg_jax.modeling.common import MLP, Dense, resize_bilinear_nchw
 from robotseg_jax.modeling.config import SAM2Config
 from robotseg_jax.modeling.image_encoder import ImageEncoder
 from robotseg_jax.modeling.mask_decoder import MaskDecoder
@@ -172,12 +172,12 @@ class SAM2Model(nn.Module):
             self.no_obj_embed_spatial = self.param("no_obj_embed_spatial", trunc, (1, cfg.mem_dim))
         if cfg.use_obj_ptrs_in_encoder:
             self.obj_ptr_proj = (
-                MLP(cfg.d_model, cfg.d_model, 3) if cfg.use_mlp_for_obj_ptr_proj else nn.Dense(cfg.d_model)
+                MLP(cfg.d_model, cfg.d_model, 3) if cfg.use_mlp_for_obj_ptr_proj else Dense(cfg.d_model)
             )
             # sam2 builds this 4x4/4 conv to turn a full-size mask prompt into a decoder mask input.
             self.mask_downsample = nn.Conv(1, (4, 4), strides=(4, 4), padding="VALID")
         if cfg.proj_tpos_enc_in_obj_ptrs:
-            self.obj_ptr_tpos_proj = nn.Dense(cfg.mem_dim)
+            self.obj_ptr_tpos_proj = Dense(cfg.mem_dim)
 
     # Hooks for a subclass (RobotSeg) that swaps in extended modules under the same names.
     def make_mask_decoder(self, decoder_class: type[MaskDecoder] = MaskDecoder, **extra) -> MaskDecoder:

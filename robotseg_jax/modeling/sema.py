@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from robotseg_jax.modeling.common import gelu, resize_bilinear
+from robotseg_jax.modeling.common import DepthwiseConv, PointwiseConv, gelu, resize_bilinear
 from robotseg_jax.modeling.edges import NmsTies, edge_map
 from robotseg_jax.modeling.memory_attention import (
     MemoryAttention,
@@ -39,15 +39,8 @@ class DepthwiseSeparableConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         pad = (self.kernel_size - 1) // 2
-        x = nn.Conv(
-            self.channels,
-            (self.kernel_size, self.kernel_size),
-            padding=((pad, pad), (pad, pad)),  # zero padding
-            feature_group_count=self.channels,
-            use_bias=False,
-            name="dw",
-        )(x)
-        x = nn.Conv(self.channels, (1, 1), name="pw")(gelu(x))
+        x = DepthwiseConv(self.kernel_size, pad, use_bias=False, name="dw")(x)  # zero padding
+        x = PointwiseConv(self.channels, name="pw")(gelu(x))
         # channels // 8 groups (the original's 32 at 256 channels); PyTorch's eps and two-pass variance.
         x = nn.GroupNorm(num_groups=self.channels // 8, epsilon=1e-5, use_fast_variance=False, name="norm")(x)
         return gelu(x)
@@ -62,7 +55,7 @@ class MultiScalePyramid(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         branches = [DepthwiseSeparableConv(k, self.channels, name=f"conv{k}")(x) for k in (3, 5, 7)]
-        return gelu(nn.Conv(self.channels, (1, 1), name="fuse")(jnp.concatenate(branches, axis=-1)))
+        return gelu(PointwiseConv(self.channels, name="fuse")(jnp.concatenate(branches, axis=-1)))
 
 
 def edges_on_token_grid(edges: jax.Array, grid_size: tuple[int, int]) -> jax.Array:

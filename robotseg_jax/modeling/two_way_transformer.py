@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from robotseg_jax.modeling.common import MLP, layer_norm
+from robotseg_jax.modeling.common import MLP, Dense, layer_norm
 
 
 class Attention(nn.Module):
@@ -37,7 +37,7 @@ class Attention(nn.Module):
             raise ValueError(f"k and v must have {kv_in_dim} channels, got {k.shape} and {v.shape}")
 
         def project(x: jax.Array, name: str) -> jax.Array:
-            x = nn.Dense(internal_dim, name=name)(x)
+            x = Dense(internal_dim, name=name)(x)
             return x.reshape(*x.shape[:-1], self.num_heads, internal_dim // self.num_heads)
 
         mask = None if key_mask is None else key_mask[:, None, None, :]  # broadcast over heads and queries
@@ -47,7 +47,7 @@ class Attention(nn.Module):
         queries, keys = project(q, "q_proj").astype(values.dtype), project(k, "k_proj").astype(values.dtype)
         out = jax.nn.dot_product_attention(queries, keys, values, mask=mask, implementation="xla")
         out = out.reshape(*out.shape[:-2], internal_dim)
-        return nn.Dense(self.embedding_dim, name="out_proj")(out)
+        return Dense(self.embedding_dim, name="out_proj")(out)
 
 
 class TwoWayAttentionBlock(nn.Module):

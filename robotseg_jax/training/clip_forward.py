@@ -13,10 +13,12 @@ The image encoder runs once over every frame of the batch; then the stages are t
 Each stage is composed of the model's public blocks (`condition_frame`, `forward_sam_heads`, `use_mask_as_output`,
 `memory_entry`), the same ones `track_step` is made of. The memory bank is `memory_bank.ClipMemory`: one slot per
 clip frame with validity masks, so the memory a stage attends to is a function of the (possibly traced) stage
-index. Consecutive plain tracked stages
-(no clicks, not conditioning: stages 1..6 of a RobotSeg clip) therefore run as one `lax.scan` whose body compiles
-once, instead of an unrolled copy per stage. Attention over the valid slots equals sam2's attention over the
-concatenated selection; only the order of the (permutation-invariant) memory tokens differs.
+index. Consecutive plain tracked stages (no clicks, not conditioning: stages 1..6 of a RobotSeg clip) therefore
+can run as one `lax.scan` whose body compiles once, attending over every slot with the unused ones masked. A
+stage run on its own (unrolled, or alone in its group) instead attends to the frames it selects only, so stage 1
+pays for one memory, not for T (in an 8-frame clip, half of the memory attention). Either way attention over the
+valid slots equals sam2's attention over the concatenated selection; only the order of the
+(permutation-invariant) memory tokens differs.
 
 RobotSeg: every SAM pass gets the batch's categories except the mask-as-output frames and the correction re-runs,
 which the original runs without `robot_inputs`, so they have no class and no object tokens.
@@ -29,6 +31,7 @@ import dataclasses
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from robotseg_jax.modeling.memory_bank import ClipMemory, MemoryEntry, MemoryInputs
 from robotseg_jax.modeling.sam2 import (
@@ -112,7 +115,8 @@ def track_clip(
     images: [B, T, S, S, 3] normalised (in the compute dtype); gt_masks: [B, T, S, S] bool (the targets clicks
     are sampled from); category: [B] int32 robot category per clip (RobotSeg; unused by SAM 2.1); from_gt:
     [len(plan.correct_frames), plan.num_correction_pts] bool (`prompts.draw_prompts`); rng: PRNG key;
-    unroll: unroll the scans over plain tracked stages (same values; see `StepConfig.unroll_stages`).
+    unroll: run every stage as its own copy instead of scanning the plain tracked ones (see
+        `StepConfig.unroll_stages`); the values are the same up to float round-off (and the dropout draws).
     Returns the outputs of stages 0..T-1 in time order.
     """
     cfg = model.config
@@ -134,9 +138,9 @@ def track_clip(
     per_stage = dict(features=features, gt=gt_masks.swapaxes(0, 1), raw_image=images.swapaxes(0, 1))
     memory_dtype = features.vision_feats.dtype
 
-    def run_stage(kind: StageKind, memory: ClipMemory | None, t, inputs: dict, from_gt_row):
+    def run_stage(kind: StageKind, memory: ClipMemory | None, t, inputs: dict, from_gt_row, present=None):
         key = jax.random.fold_in(stage_key, t)
-        memory_inputs = None if kind.is_init or kind.mask_as_output else memory.inputs_for(cfg, t)
+        memory_inputs = None if kind.is_init or kind.mask_as_output else memory.inputs_for(cfg, t, present)
         robot = RobotInputs(inputs["raw_image"], category, jax.random.fold_in(key, 0))
         out, entry = model.apply(
             variables,
@@ -155,20 +159,24 @@ def track_clip(
         return memory.write(t, entry, kind.is_cond), out
 
     memory = None
+    # Which frames are in memory, known while tracing: a stage run on its own attends to those slots only.
+    stored, is_cond = np.zeros(num_frames, bool), np.zeros(num_frames, bool)
     outputs: dict[int, StageOutputs] = {}
     for kind, stages in stage_groups(plan):
-        index = jnp.asarray(stages)
-        inputs = jax.tree.map(lambda x, index=index: x[index], per_stage)
-        if len(stages) == 1:
-            t = stages[0]
-            row = from_gt[plan.correct_frames.index(t)] if kind.num_corrections else None
-            memory, out = run_stage(kind, memory, t, jax.tree.map(lambda x: x[0], inputs), row)
-            outputs[t] = out
+        if unroll or len(stages) == 1:
+            for t in stages:
+                row = from_gt[plan.correct_frames.index(t)] if kind.num_corrections else None
+                inputs = jax.tree.map(lambda x, t=t: x[t], per_stage)
+                memory, outputs[t] = run_stage(kind, memory, t, inputs, row, (stored.copy(), is_cond.copy()))
+                stored[t], is_cond[t] = True, kind.is_cond
         else:
+            index = jnp.asarray(stages)
+            inputs = jax.tree.map(lambda x, index=index: x[index], per_stage)
             body = lambda mem, xs, kind=kind: run_stage(kind, mem, xs[0], xs[1], None)
-            memory, stacked = jax.lax.scan(body, memory, (index, inputs), unroll=unroll)
+            memory, stacked = jax.lax.scan(body, memory, (index, inputs))
             for i, t in enumerate(stages):
                 outputs[t] = jax.tree.map(lambda x, i=i: x[i], stacked)
+                stored[t], is_cond[t] = True, kind.is_cond
     return [outputs[t] for t in range(num_frames)]
 
 
