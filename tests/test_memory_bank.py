@@ -51,7 +51,9 @@ def test_compact_stage_memory_is_the_selected_slots(num_frames):
     for _ in range(5):
         plan, _ = draw_prompts(rng, SAM21_MOSE_FINETUNE, num_frames)
         entry_of = lambda t: MemoryEntry(  # every frame's entry tells its frame
-            jnp.full((1, 4, 4, 64), t, jnp.float32), jnp.full((1, 256), 10 + t, jnp.float32), jnp.full((1, 4, 4), bool(t % 2))
+            jnp.full((1, 4, 4, 64), t, jnp.float32),
+            jnp.full((1, 256), 10 + t, jnp.float32),
+            jnp.full((1, 4, 4), bool(t % 2)),
         )
         memory = ClipMemory.empty(entry_of(0), num_frames, jnp.float32)
         stored, is_cond = np.zeros(num_frames, bool), np.zeros(num_frames, bool)
