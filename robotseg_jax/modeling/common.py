@@ -114,11 +114,7 @@ class DepthwiseConv(nn.Module):
         padded = jnp.pad(x.astype(jnp.float32), [(0, 0)] * (x.ndim - 3) + [(pad, pad), (pad, pad), (0, 0)])
         height, width = padded.shape[-3] - k + 1, padded.shape[-2] - k + 1
         taps = kernel[:, :, 0].astype(jnp.float32)
-        out = padded[..., :height, :width, :] * taps[0, 0]
-        for i in range(k):
-            for j in range(k):
-                if i or j:
-                    out = out + padded[..., i : i + height, j : j + width, :] * taps[i, j]
+        out = sum(padded[..., i : i + height, j : j + width, :] * taps[i, j] for i in range(k) for j in range(k))
         out = out.astype(x.dtype)
         return out if bias is None else out + bias
 
