@@ -75,14 +75,17 @@ def ratio(torch_seconds: float, jax_seconds: float) -> str:
 
 def matmul_gflops(dtype: str, size: tuple[int, int, int] = (4096, 1024, 1024), repeats: int = 5) -> tuple[float, float]:
     """(JAX, PyTorch) GFLOP/s of one [M, K] x [K, N] matmul in `dtype` on the CPU, measured now: the roofline
-    each side's model numbers are read against."""
+    each side's model numbers are read against. The JAX side is the project's own product (`common.matmul`, which
+    accumulates bfloat16 in float32 as PyTorch's does)."""
     import torch
+
+    from robotseg_jax.modeling.common import matmul as project_matmul
 
     m, k, n = size
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(m, k)).astype(np.float32), rng.normal(size=(k, n)).astype(np.float32)
     ja, jb = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
-    matmul = jax.jit(jnp.matmul)
+    matmul = jax.jit(project_matmul)
     t_jax = median_seconds(lambda: matmul(ja, jb).block_until_ready(), repeats)
     ta, tb = torch.from_numpy(a).to(getattr(torch, dtype)), torch.from_numpy(b).to(getattr(torch, dtype))
     t_torch = median_seconds(lambda: ta @ tb, repeats)

@@ -34,7 +34,8 @@ class ConvTranspose2x2(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         b, h, w, _ = x.shape
-        out = jnp.einsum("bhwc,yxco->bhywxo", x, kernel)  # output pixel (2h + y, 2w + x)
+        # output pixel (2h + y, 2w + x); accumulated in float32 for any dtype (bfloat16: as `common.matmul`)
+        out = jnp.einsum("bhwc,yxco->bhywxo", x, kernel, preferred_element_type=jnp.float32).astype(x.dtype)
         return out.reshape(b, 2 * h, 2 * w, self.features) + bias
 
 
@@ -168,11 +169,15 @@ class MaskDecoder(nn.Module):
         tokens = [jnp.broadcast_to(output_tokens, (batch_size, *output_tokens.shape))]
         if extra_tokens is not None:
             tokens.append(extra_tokens)
-        tokens = jnp.concatenate([*tokens, sparse_prompt_embeddings], axis=1)
+        # the prompt embeddings and positional encoding (computed in float32) in the compute dtype of the image
+        # embeddings: bfloat16 in the bfloat16 mode, as torch autocast runs the decoder's layers in bfloat16
+        dtype = image_embeddings.dtype
+        tokens = jnp.concatenate([*tokens, sparse_prompt_embeddings], axis=1).astype(dtype)
         token_mask = self._token_mask(tokens, num_output_tokens, extra_tokens, extra_token_mask)
+        image_pe = image_pe.astype(dtype)
 
         src = jnp.repeat(image_embeddings, batch_size, axis=0) if repeat_image else image_embeddings
-        src = src + dense_prompt_embeddings
+        src = src + dense_prompt_embeddings.astype(dtype)
         hs, image_tokens = self.transformer(src, image_pe, tokens, token_mask=token_mask)
         first_mask_token = 1 if self.pred_obj_scores else 0  # the iou token precedes the mask tokens
         iou_token_out = hs[:, first_mask_token]

@@ -104,6 +104,7 @@ class MemoryEncoder(nn.Module):
         """
         if not skip_mask_sigmoid:
             masks = jax.nn.sigmoid(masks)
+        masks = masks.astype(pix_feat.dtype)  # the compute dtype (bfloat16: as torch autocast runs the convolutions)
         mask_features = MaskDownSampler(self.in_dim, name="mask_downsampler")(masks)
         x = PointwiseConv(self.in_dim, name="pix_feat_proj")(pix_feat) + mask_features
         x = Fuser(self.in_dim, self.fuser_num_layers, name="fuser")(x)

@@ -416,10 +416,13 @@ class SAM2Model(nn.Module):
         d_model // mem_dim tokens, as sam2 concatenates them.
         """
         cfg = self.config
+        # the compute dtype (the params'): stored features (bfloat16 by default) are upcast in float32 as sam2's
+        # torch.cat with the float32 pointers does; the bfloat16 mode attends over bfloat16 memory
+        dtype = self.maskmem_tpos_enc.dtype
         slots, batch, h, w, mem_dim = memory.maskmem_features.shape
-        feats = memory.maskmem_features.astype(jnp.float32).transpose(1, 0, 2, 3, 4).reshape(batch, slots * h * w, mem_dim)
+        feats = memory.maskmem_features.astype(dtype).transpose(1, 0, 2, 3, 4).reshape(batch, slots * h * w, mem_dim)
         tpos = self.maskmem_tpos_enc[memory.maskmem_tpos_index, 0, 0]  # [S, mem_dim]
-        pos = self.maskmem_pos_enc.reshape(1, h * w, mem_dim) + tpos[:, None, :]  # [S, hw, mem_dim]
+        pos = self.maskmem_pos_enc.astype(dtype).reshape(1, h * w, mem_dim) + tpos[:, None, :]  # [S, hw, mem_dim]
         pos = jnp.broadcast_to(pos.reshape(1, slots * h * w, mem_dim), (batch, slots * h * w, mem_dim))
         valid = jnp.broadcast_to(jnp.repeat(memory.maskmem_valid, h * w)[None], (batch, slots * h * w))
 
@@ -427,7 +430,7 @@ class SAM2Model(nn.Module):
         if num_ptrs == 0:
             return feats, pos, valid, 0
         split = cfg.d_model // cfg.mem_dim
-        ptrs = memory.obj_ptrs.astype(jnp.float32)  # [P, B, C]
+        ptrs = memory.obj_ptrs.astype(dtype)  # [P, B, C]
         if cfg.add_tpos_enc_to_obj_ptrs:
             tpos_dim = cfg.d_model if cfg.proj_tpos_enc_in_obj_ptrs else cfg.mem_dim
             ptr_pos = get_1d_sine_pe(memory.obj_ptr_tpos / memory.tpos_scale, dim=tpos_dim)
@@ -435,7 +438,7 @@ class SAM2Model(nn.Module):
                 ptr_pos = self.obj_ptr_tpos_proj(ptr_pos)
         else:
             ptr_pos = jnp.zeros((num_ptrs, cfg.mem_dim), jnp.float32)
-        ptr_pos = jnp.broadcast_to(ptr_pos[:, None, :], (num_ptrs, batch, cfg.mem_dim))
+        ptr_pos = jnp.broadcast_to(ptr_pos[:, None, :].astype(dtype), (num_ptrs, batch, cfg.mem_dim))
         if split > 1:
             ptrs = ptrs.reshape(num_ptrs, batch, split, cfg.mem_dim).transpose(1, 0, 2, 3)
             ptrs = ptrs.reshape(batch, num_ptrs * split, cfg.mem_dim)
