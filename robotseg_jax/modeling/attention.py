@@ -139,9 +139,7 @@ def _online_softmax(q, k, v, key_mask, scale, key_block):
     num_blocks = -(-num_k // key_block)
     padding = num_blocks * key_block - num_k
     valid = jnp.ones((batch, num_k), bool) if key_mask is None else key_mask
-    valid = jnp.pad(valid, ((0, 0), (0, padding)))
-    # invalid keys: the lowest finite logit, so that exp(logit - row max) is 0 once the row has seen a valid key
-    bias = jnp.where(valid, 0.0, jnp.finfo(jnp.float32).min).reshape(batch, 1, 1, num_blocks, key_block)
+    valid = jnp.pad(valid, ((0, 0), (0, padding)))  # padded keys are invalid
 
     def blocks(x):  # [B, H, T_k, D] -> [num_blocks, B, H, key_block, D]
         x = jnp.pad(x, ((0, 0), (0, 0), (0, padding), (0, 0)))
@@ -149,8 +147,9 @@ def _online_softmax(q, k, v, key_mask, scale, key_block):
 
     def step(carry, block):
         row_max, row_sum, out = carry
-        k, v, bias = block
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale + bias
+        k, v, valid = block
+        # invalid keys at the lowest finite logit: exp(logit - row max) is 0 once the row has seen a valid key
+        logits = _masked_logits(q, k, valid, scale)
         new_max = jax.lax.stop_gradient(jnp.maximum(row_max, logits.max(axis=-1, keepdims=True)))
         weights = jnp.exp(logits - new_max)
         rescale = jnp.exp(row_max - new_max)
@@ -165,6 +164,7 @@ def _online_softmax(q, k, v, key_mask, scale, key_block):
         jnp.zeros(rows, jnp.float32),
         jnp.zeros(q.shape[:-1] + v.shape[-1:], jnp.float32),
     )
-    (_, row_sum, out), _ = jax.lax.scan(step, init, (blocks(k), blocks(v), jnp.moveaxis(bias, 3, 0)))
+    valid_blocks = jnp.moveaxis(valid.reshape(batch, num_blocks, key_block), 1, 0)
+    (_, row_sum, out), _ = jax.lax.scan(step, init, (blocks(k), blocks(v), valid_blocks))
     out = jnp.where(valid.any(axis=-1)[:, None, None, None], out / row_sum, 0.0)
     return out.astype(v.dtype)
