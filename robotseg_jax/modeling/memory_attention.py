@@ -21,6 +21,7 @@ import numpy as np
 
 from robotseg_jax.modeling.attention import dot_product_attention
 from robotseg_jax.modeling.common import Dense, layer_norm
+from robotseg_jax.modeling.dropout import Dropout
 
 
 @functools.lru_cache(maxsize=16)
@@ -104,7 +105,7 @@ class RoPEAttention(nn.Module):
 
         dropout = None
         if not deterministic and self.dropout > 0:
-            dropout = lambda probs: nn.Dropout(self.dropout)(probs, deterministic=False)
+            dropout = lambda probs: Dropout(self.dropout)(probs, deterministic=False)
         out = dot_product_attention(q, k, v, key_mask, dropout)
         return Dense(self.embedding_dim, name="out_proj")(self._recombine_heads(out))
 
@@ -144,10 +145,10 @@ class MemoryAttentionLayer(nn.Module):
         self.linear1 = Dense(self.dim_feedforward)
         self.linear2 = Dense(self.d_model)
         self.norm1, self.norm2, self.norm3 = layer_norm(1e-5), layer_norm(1e-5), layer_norm(1e-5)
-        self.ffn_dropout = nn.Dropout(self.dropout)  # torch's `dropout` (no params; that name holds the rate here)
-        self.dropout1 = nn.Dropout(self.dropout)
-        self.dropout2 = nn.Dropout(self.dropout)
-        self.dropout3 = nn.Dropout(self.dropout)
+        self.ffn_dropout = Dropout(self.dropout)  # torch's `dropout` (no params; that name holds the rate here)
+        self.dropout1 = Dropout(self.dropout)
+        self.dropout2 = Dropout(self.dropout)
+        self.dropout3 = Dropout(self.dropout)
 
     def self_attention_block(self, tgt: jax.Array, query_pos: jax.Array, deterministic: bool) -> jax.Array:
         x = self.norm1(tgt)

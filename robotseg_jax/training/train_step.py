@@ -130,14 +130,21 @@ def train_step(
     (loss, losses), grads = grad_fn(state.params, model, batch, plan, from_gt, rng, config)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    # A non-finite step keeps the old params and optimizer state (not even Adam's moments see it).
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    def update(params, opt_state, grads):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    # A non-finite step keeps the old params and optimizer state (not even Adam's moments see it). A `cond`, not a
+    # `where` over the new and old trees: that select is one more pass over params and both moments (117 M
+    # floats for Hiera-T, 0.1 s per step on a 2-core CPU) in every step, to guard against a rare one.
+    params, opt_state = jax.lax.cond(
+        finite, update, lambda params, opt_state, grads: (params, opt_state), state.params, state.opt_state, grads
+    )
     new_state = TrainState(
         step=state.step + 1,
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
+        params=params,
+        opt_state=opt_state,
         rng=state.rng,
         skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
     )
