@@ -21,8 +21,14 @@ from robotseg_jax import constants
 IMAGENET_MEAN = np.asarray(constants.IMAGENET_MEAN, np.float32)
 IMAGENET_STD = np.asarray(constants.IMAGENET_STD, np.float32)
 
-# PyTorch's nn.GELU() is the exact erf form; Flax's default is the tanh approximation.
-gelu = lambda x: nn.gelu(x, approximate=False)
+_SQRT_HALF = np.float32(np.sqrt(0.5))
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """PyTorch's nn.GELU(): the exact erf form, x/2 (1 + erf(x / sqrt 2)), written as PyTorch's CPU kernel computes
+    it (Flax's default is the tanh approximation). `flax.linen.gelu(approximate=False)` goes through erfc, which
+    XLA:CPU evaluates about 25% slower (12.6 M elements: 25 ms against 19 ms on the 2-core Xeon)."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT_HALF.astype(x.dtype)))
 
 
 def layer_norm(epsilon: float = 1e-5, name: str | None = None) -> nn.LayerNorm:
