@@ -49,7 +49,7 @@ def test_blocked_equals_plain(monkeypatch, batch, num_q, num_k, heads, plan):
 @pytest.mark.parametrize(
     "batch,num_q,num_k,budget",
     [
-        (1, 64, 100, 1 << 22),  # key blocks of 34, 34, 32 (padded), all queries at once
+        (1, 64, 100, 1 << 22),  # key blocks of 34, 34 and 34 (the last overlapping by 2), all queries at once
         (2, 64, 96, 512),  # key blocks of 32 and query blocks of 4
         (6, 8, 40, 512),  # key blocks of 20 in blocks of whole batch items
     ],

@@ -49,7 +49,7 @@ def dot_product_attention(
     batch, heads, num_q, head_dim = q.shape
     scale = 1.0 / math.sqrt(head_dim)
     num_k = k.shape[-2]
-    key_block = -(-num_k // -(-num_k // KEY_BLOCK)) if num_k > LONG_ROW else None  # equal blocks, little padding
+    key_block = -(-num_k // -(-num_k // KEY_BLOCK)) if num_k > LONG_ROW else None  # near-equal blocks
     plan = block_plan(batch, heads, num_q, key_block or num_k)
     if dropout is not None or (plan is None and key_block is None):
         return _plain(q, k, v, key_mask, scale, dropout)
@@ -132,31 +132,30 @@ def _normalised_after_values(q, k, v, key_mask, scale):
 
 
 def _online_softmax(q, k, v, key_mask, scale, key_block):
-    """Attention over the keys in blocks of `key_block` (the last one zero-padded and masked), one block at a time
-    (`lax.scan`): each block's logits update the running row max, rescale the running sum and value product, and
-    add their own. Queries without any valid key output zeros."""
+    """Attention over the keys in blocks of `key_block`, one block at a time (a `fori_loop` over slices of k and v):
+    each block's logits update the running row max, rescale the running sum and value product, and add their own.
+    When the keys do not divide into blocks, the last block ends at the last key and overlaps the one before it;
+    its keys already seen count as invalid there. (Zero-padding k and v to whole blocks instead copied both, 59 MB
+    per memory-attention layer at 28,736 keys.) Queries without any valid key output zeros."""
     batch, heads, num_k, _ = k.shape
-    num_blocks = -(-num_k // key_block)
-    padding = num_blocks * key_block - num_k
     valid = jnp.ones((batch, num_k), bool) if key_mask is None else key_mask
-    valid = jnp.pad(valid, ((0, 0), (0, padding)))  # padded keys are invalid
+    offsets = jnp.arange(key_block)
 
-    def blocks(x):  # [B, H, T_k, D] -> [num_blocks, B, H, key_block, D]
-        x = jnp.pad(x, ((0, 0), (0, 0), (0, padding), (0, 0)))
-        return jnp.moveaxis(x.reshape(batch, heads, num_blocks, key_block, x.shape[-1]), 2, 0)
-
-    def step(carry, block):
+    def step(block, carry):
         row_max, row_sum, out = carry
-        k, v, valid = block
+        start = jnp.minimum(block * key_block, num_k - key_block)
+        block_k, block_v = (jax.lax.dynamic_slice_in_dim(x, start, key_block, axis=2) for x in (k, v))
+        block_valid = jax.lax.dynamic_slice_in_dim(valid, start, key_block, axis=1)
+        block_valid &= start + offsets >= block * key_block  # the overlap of a last block was seen before
         # invalid keys at the lowest finite logit: exp(logit - row max) is 0 once the row has seen a valid key
-        logits = _masked_logits(q, k, valid, scale)
+        logits = _masked_logits(q, block_k, block_valid, scale)
         new_max = jax.lax.stop_gradient(jnp.maximum(row_max, logits.max(axis=-1, keepdims=True)))
         weights = jnp.exp(logits - new_max)
         rescale = jnp.exp(row_max - new_max)
         out = out * rescale + jnp.einsum(
-            "bhqk,bhkd->bhqd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32
+            "bhqk,bhkd->bhqd", weights.astype(v.dtype), block_v, preferred_element_type=jnp.float32
         )
-        return (new_max, row_sum * rescale + weights.sum(axis=-1, keepdims=True), out), None
+        return new_max, row_sum * rescale + weights.sum(axis=-1, keepdims=True), out
 
     rows = q.shape[:-1] + (1,)
     init = (
@@ -164,7 +163,6 @@ def _online_softmax(q, k, v, key_mask, scale, key_block):
         jnp.zeros(rows, jnp.float32),
         jnp.zeros(q.shape[:-1] + v.shape[-1:], jnp.float32),
     )
-    valid_blocks = jnp.moveaxis(valid.reshape(batch, num_blocks, key_block), 1, 0)
-    (_, row_sum, out), _ = jax.lax.scan(step, init, (blocks(k), blocks(v), valid_blocks))
+    _, row_sum, out = jax.lax.fori_loop(0, -(-num_k // key_block), step, init)
     out = jnp.where(valid.any(axis=-1)[:, None, None, None], out / row_sum, 0.0)
     return out.astype(v.dtype)
