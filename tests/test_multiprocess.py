@@ -76,16 +76,20 @@ def reference(sim_data, cache, tmp_path_factory):
 
 def _assert_same_params(params, expected):
     """Params equal up to the float32 round-off of different reduction orders (the gradient all-reduce runs in
-    gloo across processes, in-process otherwise). Adam normalises every update, so the few elements whose gradient
-    is itself round-off (about 0.03% here: keys' biases, whose exact gradient is zero) move by a noise-dependent
-    amount of up to the learning rate (1e-3) per step; every other element agrees to rtol 1e-5."""
+    gloo across processes, in-process otherwise; a resume on 2 devices sums over other shards than the 4-device
+    reference). Adam normalises every update, so elements whose gradient is at round-off level (keys' biases,
+    whose exact gradient is zero, and small entries of every kernel) move by a noise-dependent amount of up to the
+    learning rate (1e-3) per step, and fall outside rtol 1e-5: 0.03% of the elements on the Intel Xeon, 0.96% on
+    the AMD EPYC (the SIGTERM test's resume, the same count at every run there). A real
+    divergence (a skipped or repeated batch, a wrong shard) moves most elements by about the learning rate: the
+    mean difference stays below 1e-7 (2.9e-8 on the AMD) and the largest below 1e-3 only without one."""
     flat, flat_expected = traverse_util.flatten_dict(params), traverse_util.flatten_dict(expected)
     assert flat.keys() == flat_expected.keys()
     total = sum(v.size for v in flat_expected.values())
     off = sum(int((~np.isclose(flat[k], flat_expected[k], rtol=1e-5, atol=1e-7)).sum()) for k in flat)
     worst = max(float(np.abs(flat[k] - flat_expected[k]).max()) for k in flat)
     mean = sum(float(np.abs(flat[k] - flat_expected[k]).sum()) for k in flat) / total
-    assert off <= 1e-3 * total and worst <= 1e-3 and mean <= 1e-7, (off, total, worst, mean)
+    assert off <= 2e-2 * total and worst <= 1e-3 and mean <= 1e-7, (off, total, worst, mean)
 
 
 def _assert_losses(losses, reference_losses, steps):
