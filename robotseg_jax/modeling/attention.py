@@ -137,7 +137,7 @@ def _online_softmax(q, k, v, key_mask, scale, key_block):
     When the keys do not divide into blocks, the last block ends at the last key and overlaps the one before it;
     its keys already seen count as invalid there. (Zero-padding k and v to whole blocks instead copied both, 59 MB
     per memory-attention layer at 28,736 keys.) Queries without any valid key output zeros."""
-    batch, heads, num_k, _ = k.shape
+    batch, _, num_k, _ = k.shape
     valid = jnp.ones((batch, num_k), bool) if key_mask is None else key_mask
     offsets = jnp.arange(key_block)
 
