@@ -11,6 +11,12 @@ process killed mid-save leaves no step that looks finished; the temporary folder
 A restart with a different number of processes (a pod resumed on one host, or the other way round) continues the
 same batches: each process holds the same positions of every global batch (data/pipeline.py), so the iterator
 state of any process of the old run positions every process of the new one.
+
+Replicated arrays are split between their replicas for writing (orbax's replica-parallel saving) only when each
+replica's part is at least `REPLICA_PARALLEL_MIN_BYTES`. Splitting slices each array on its devices, and the first
+save compiles a slicing program per array shape and sharding: with every array split, the first checkpoint of a
+4-device run of the quickstart's tiny model (1,470 arrays) blocked training for 13.5-14.7 s, with this bound for
+0.9-1.1 s. Arrays whose parts would be smaller gain next to nothing from a split write.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from robotseg_jax.training.train_step import TrainState
 
 BEST_METRIC = "val_jf"
 STATE_ITEM, DATA_ITEM = "state", "data"
+REPLICA_PARALLEL_MIN_BYTES = 1 << 20
 
 
 class TrainCheckpoints:
@@ -46,7 +53,14 @@ class TrainCheckpoints:
             create=True,
             cleanup_tmp_directories=True,  # what a killed save left behind
         )
-        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+        arrays = ocp.type_handlers.create_type_handler_registry(
+            (jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES))
+        )
+        state_handler = ocp.PyTreeCheckpointHandler(type_handler_registry=arrays)
+        handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+        handlers.add(STATE_ITEM, ocp.args.PyTreeSave, state_handler)
+        handlers.add(STATE_ITEM, ocp.args.PyTreeRestore, state_handler)
+        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, handler_registry=handlers)
 
     def save(
         self, step: int, state: TrainState, iterator: grain.DatasetIterator, val_jf: float | None = None, force=False
@@ -54,7 +68,7 @@ class TrainCheckpoints:
         """Starts saving (asynchronously); `val_jf` makes the checkpoint a candidate for the best one."""
         metrics = None if val_jf is None else {BEST_METRIC: float(val_jf)}
         args = ocp.args.Composite(
-            **{STATE_ITEM: ocp.args.StandardSave(state), DATA_ITEM: grain.checkpoint.CheckpointSave(iterator)}
+            **{STATE_ITEM: ocp.args.PyTreeSave(state), DATA_ITEM: grain.checkpoint.CheckpointSave(iterator)}
         )
         self.manager.save(step, args=args, metrics=metrics, force=force)
 
@@ -69,7 +83,8 @@ class TrainCheckpoints:
         if step is None:
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        items = {STATE_ITEM: ocp.args.StandardRestore(abstract)}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+        items = {STATE_ITEM: ocp.args.PyTreeRestore(abstract, restore_args=restore_args)}
         data_dir = os.path.join(str(self.manager.directory), str(step), DATA_ITEM)
         own_state = os.path.join(data_dir, f"process_{jax.process_index()}-of-{jax.process_count()}.json")
         if os.path.exists(own_state):
